@@ -1,0 +1,75 @@
+"""Fixtures shared by the driver's and the collection's tests.
+
+Real devices only: loop devices over sparse files, removed by the exact name
+they were given. Tests that need root or a tool skip with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Callable, Iterator, List
+
+import pytest
+
+REPO = Path(__file__).resolve().parent
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+needs_root = pytest.mark.skipif(not _is_root(), reason="needs root (loop devices, mounts); CI runs as root")
+
+
+def needs_tool(name: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(shutil.which(name) is None, reason=f"needs {name} on PATH (make setup installs it)")
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+def _mounted_from(dev: str) -> List[str]:
+    """Mount points whose source is exactly ``dev`` (deepest first)."""
+    st = os.stat(dev)
+    want = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if fields[2] == want:
+                points.append(fields[4].encode().decode("unicode_escape"))
+    return sorted(points, key=len, reverse=True)
+
+
+@pytest.fixture
+def loopdev(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """``loopdev(size="400M", read_only=False) -> "/dev/loopN"``.
+
+    Sparse backing files live in the test's tmp_path. At teardown each device this
+    fixture attached is swapped off, unmounted and detached by its exact name.
+    """
+    if not _is_root():
+        pytest.skip("needs root to attach loop devices; CI runs as root")
+    created: List[str] = []
+
+    def make(size: str = "400M", read_only: bool = False) -> str:
+        backing = tmp_path / f"drive{len(created)}.img"
+        subprocess.run(["truncate", "-s", size, str(backing)], check=True)
+        cmd = ["losetup", "--find", "--show"] + (["--read-only"] if read_only else []) + [str(backing)]
+        dev = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+        created.append(dev)
+        return dev
+
+    yield make
+    for dev in created:
+        subprocess.run(["swapoff", dev], capture_output=True)
+        if os.path.exists(dev):
+            for point in _mounted_from(dev):
+                subprocess.run(["umount", "-l", point], capture_output=True)
+        subprocess.run(["losetup", "--detach", dev], capture_output=True)

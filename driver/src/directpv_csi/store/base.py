@@ -1,0 +1,85 @@
+"""The store port: what the controller and node servers need to record.
+
+Two adapters implement it and pass one contract suite (driver/tests/store/):
+``embedded`` (SQLite, standalone mode) and ``kube`` (CRDs in directpv.dev).
+
+Concurrency model: optimistic. Every record carries ``generation``; a write
+that names a stale generation raises ``Conflict`` and the caller re-reads and
+retries (bounded). ``reserve_volume`` is the one atomic step that must never
+over-commit a drive: it checks, inside the adapter's transaction, that the
+drive is Ready, schedulable and has ``free >= size``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Protocol, Sequence
+
+from ..core.models import Drive, Volume
+
+
+class Store(Protocol):
+    # --- drives (written by node servers, read by the controller) -------------
+    def put_drive(self, drive: Drive) -> Drive:
+        """Create, or update the node-owned fields (name, total, status, make,
+        mountpoint, message, topology) of, a drive. Keeps allocated/volume_count,
+        schedulable, access_tier and labels of an existing record."""
+        ...
+
+    def get_drive(self, drive_id: str) -> Optional[Drive]: ...
+
+    def list_drives(self, node: Optional[str] = None) -> Sequence[Drive]:
+        """All drives, or one node's; served from an index, never a full scan
+        when ``node`` is given."""
+        ...
+
+    def nodes(self) -> Sequence[str]:
+        """Names of nodes that have at least one drive."""
+        ...
+
+    def update_drive(self, drive_id: str, expected_generation: Optional[int] = None, **changes: object) -> Drive:
+        """Change operator/status fields (status, schedulable, access_tier,
+        labels, message). Raises NotFound, Conflict."""
+        ...
+
+    def delete_drive(self, drive_id: str) -> None:
+        """Raises FailedPrecondition while volumes live on it."""
+        ...
+
+    # --- volumes -----------------------------------------------------------------
+    def reserve_volume(self, volume: Volume, expected_drive_generation: Optional[int] = None) -> Volume:
+        """Atomically record ``volume`` and add its size to its drive's allocation.
+
+        The adapter assigns ``project_id`` (smallest unused on that drive, > 0) and
+        ``generation``. Same name already recorded with the same drive-independent
+        request (size, parameters) -> the existing volume (idempotent); with other
+        properties -> AlreadyExists. Drive not Ready/schedulable, not enough free,
+        or generation changed -> Conflict (the caller picks again)."""
+        ...
+
+    def get_volume(self, name: str) -> Optional[Volume]: ...
+
+    def list_volumes(self, drive_id: Optional[str] = None, node: Optional[str] = None,
+                     start_after: str = "", limit: int = 0) -> Sequence[Volume]:
+        """Ordered by name; ``start_after``/``limit`` paginate (ListVolumes)."""
+        ...
+
+    def update_volume(self, name: str, expected_generation: Optional[int] = None, **changes: object) -> Volume:
+        """Change status, staging_path, target_paths, read_only_targets, labels.
+        Raises NotFound, Conflict."""
+        ...
+
+    def expand_volume(self, name: str, new_size: int) -> Volume:
+        """Atomically grow the reservation to ``new_size`` (never reserves twice:
+        a retry with the same size is a no-op). Raises NotFound, OutOfRange when
+        the drive has not enough free space."""
+        ...
+
+    def delete_volume(self, name: str) -> Optional[Volume]:
+        """Remove the record and release its capacity. Missing -> None (idempotent)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def total_allocated(volumes: Iterable[Volume]) -> int:
+    return sum(v.size for v in volumes)
