@@ -1,0 +1,84 @@
+"""Layering contract, enforced: which package may import what.
+
+- core/ is pure: stdlib data/text modules only (no os, subprocess, socket, ctypes,
+  grpc, kubernetes) and nothing from device/, store/, csi/, cmd/.
+- core/ and device/ ship inside the Ansible collection (file symlinks): stdlib at
+  import time, relative imports only, no store/csi/cmd.
+- Only store/kube*.py may import the Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Iterator, Tuple
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "src" / "directpv_csi"
+
+CORE_ALLOWED = {
+    "__future__", "typing", "dataclasses", "re", "hashlib", "base64", "json", "fnmatch", "math",
+    "enum", "collections", "itertools", "functools", "bisect", "heapq", "string", "uuid", "datetime",
+}
+SHARED_FORBIDDEN_PKGS = {"store", "csi", "cmd", "node"}
+
+
+def imports(path: Path) -> Iterator[Tuple[int, str, int]]:
+    """(level, module, lineno) for every import at module level or inside functions."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield 0, alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            yield node.level, node.module or "", node.lineno
+
+
+def top_level_imports(path: Path) -> Iterator[Tuple[int, str, int]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield 0, alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            yield node.level, node.module or "", node.lineno
+
+
+def files(sub: str) -> list[Path]:
+    return sorted((PKG / sub).glob("*.py"))
+
+
+@pytest.mark.parametrize("path", files("core"), ids=lambda p: p.name)
+def test_core_is_pure(path: Path) -> None:
+    for level, mod, line in imports(path):
+        if level == 0:
+            assert mod.split(".")[0] in CORE_ALLOWED, f"{path.name}:{line} imports {mod}: core/ must stay pure"
+        else:
+            assert level == 1 or mod.split(".")[0] == "core", f"{path.name}:{line} imports {'.' * level}{mod}"
+
+
+@pytest.mark.parametrize("path", files("core") + files("device"), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shared_code_fits_the_collection(path: Path) -> None:
+    if path.name == "__init__.py":
+        assert path.read_text() == "", f"{path}: must stay empty (ansible-test empty-init)"
+        return
+    for level, mod, line in imports(path):
+        assert not mod.startswith("directpv_csi"), f"{path.name}:{line}: use relative imports (shipped in module_utils)"
+        if level >= 2:
+            assert mod.split(".")[0] in {"core", "device"}, f"{path.name}:{line} imports ..{mod}"
+        assert mod.split(".")[0] not in SHARED_FORBIDDEN_PKGS or level == 0
+    for level, mod, line in top_level_imports(path):
+        if level == 0:
+            top = mod.split(".")[0]
+            assert top not in {"grpc", "kubernetes", "pyudev", "yaml", "google"}, (
+                f"{path.name}:{line} imports {mod} at module level: stdlib only at import time"
+            )
+
+
+def test_only_kube_adapter_imports_kubernetes() -> None:
+    for path in PKG.rglob("*.py"):
+        if path.parent.name == "store" and path.name.startswith("kube"):
+            continue
+        for _, mod, line in imports(path):
+            assert mod.split(".")[0] != "kubernetes", f"{path}:{line}: only store/kube*.py may import kubernetes"
