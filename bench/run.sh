@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark, one after another, each printing its figures and
+# the ratio to its target. Needs root (loop devices, mounts).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+status=0
+for b in probe_bench mount_bench node_bench csi_bench playbook_bench; do
+  [ -f "bench/$b.py" ] || { echo "=== bench/$b.py: not present"; continue; }
+  echo "=== bench/$b.py"
+  "$PY" "bench/$b.py" || { echo "=== bench/$b.py FAILED (exit $?)"; status=1; }
+done
+exit $status
