@@ -1,0 +1,475 @@
+"""Format a device as a DirectPV drive: plan first (the exact commands), then execute.
+
+``plan_format`` re-probes the device, judges it and returns a ``FormatPlan`` with the
+exact ``mkfs.xfs`` command line and the metadata to write, or raises
+``DeviceRefused`` naming every reason. Never allowed, even with ``force``: mounted,
+held by another device, swap, root/boot disk, read-only, CD-ROM, hidden, too small,
+a loop device unless ``allow_loop``, a state that changed since discovery (stale
+token). Allowed only with ``force``: an existing filesystem or partition table. A
+device that already is one of our drives is *adopted* (plan without commands).
+
+``execute_format`` checks the state token again right before running, holds an
+advisory lock on the device node while it works, runs mkfs.xfs, mounts the new
+filesystem in a private temporary directory, writes ``.directpv/meta.json`` (fsynced),
+unmounts and reads the capacity back from the superblock.
+
+The drive ID is the filesystem UUID we give mkfs.xfs: it survives renames
+(sdb -> sdc, loop3 -> loop7) and is read back from the superblock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import functools
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid as _uuid
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from ..core.errors import Aborted, CommandFailed, DeviceRefused, FailedPrecondition, InvalidArgument, Unsupported
+from ..core.identity import hardware_id, state_token
+from ..core.judge import DEFAULT_MIN_SIZE, OUR_LABEL, JudgePolicy, judge
+from ..core.models import REASON_MOUNTED, REASON_OURS, Device, Reason
+from . import mount as _mount
+from .probe import probe, probe_one
+from .superblock import XfsSuperblock, read_xfs_superblock
+
+META_DIR = ".directpv"
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+MKFS = "mkfs.xfs"
+REASON_STALE = "stale"  # the device changed since the caller discovered it
+
+# Reasons an adoption of one of our own drives tolerates (reading it changes nothing).
+_ADOPT_TOLERATES = frozenset({REASON_OURS, REASON_MOUNTED})
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,12}$")
+_C_ENV = {"LC_ALL": "C", "LANG": "C", "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+
+
+@dataclass(frozen=True)
+class FormatPlan:
+    """What ``execute_format`` will do. ``commands`` is empty when the drive is adopted."""
+
+    device: Device
+    drive_id: str
+    commands: List[List[str]]
+    metadata: Dict[str, Any]
+    token: str = ""  # the device's state token when planned; execute refuses if it changed
+    adopt: bool = False  # already our drive: nothing to run, metadata is read back
+    force: bool = False
+    forced_reasons: Tuple[str, ...] = ()  # forceable reason codes ``force`` overrode
+    label: str = OUR_LABEL
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain data for an Ansible module's result or a JSON log line."""
+        return {
+            "device": self.device.dev_path,
+            "name": self.device.name,
+            "drive_id": self.drive_id,
+            "commands": [list(c) for c in self.commands],
+            "metadata": dict(self.metadata),
+            "token": self.token,
+            "adopt": self.adopt,
+            "force": self.force,
+            "forced_reasons": list(self.forced_reasons),
+            "label": self.label,
+        }
+
+
+@dataclass(frozen=True)
+class FormattedDrive:
+    """A drive that now carries our filesystem (formatted now, or adopted)."""
+
+    drive_id: str
+    device: Device
+    fs_uuid: str
+    capacity: int  # bytes, from the superblock (what statfs reports)
+    metadata: Dict[str, Any] = field(default_factory=dict)
+    adopted: bool = False
+    superblock: Optional[XfsSuperblock] = None
+
+
+# --- tool probing (once per process) ------------------------------------------------------
+
+
+@functools.cache
+def mkfs_version() -> str:
+    """``mkfs.xfs -V`` output, e.g. "mkfs.xfs version 6.1.0" ("" when not installed)."""
+    exe = shutil.which(MKFS)
+    if exe is None:
+        return ""
+    try:
+        out = subprocess.run([exe, "-V"], capture_output=True, text=True, env=_C_ENV, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr).strip() else ""
+
+
+@functools.cache
+def mkfs_supports_reflink() -> bool:
+    """Whether this mkfs.xfs accepts ``-m reflink=1`` (dry run ``-N`` on a sparse temp file)."""
+    exe = shutil.which(MKFS)
+    if exe is None:
+        return False
+    with tempfile.TemporaryDirectory(prefix="directpv-reflink-") as d:
+        img = os.path.join(d, "probe.img")
+        with open(img, "wb") as f:
+            f.truncate(512 * 1024 * 1024)
+        try:
+            out = subprocess.run(
+                [exe, "-N", "-f", "-m", "reflink=1", img], capture_output=True, env=_C_ENV, timeout=60, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return out.returncode == 0
+
+
+def _require_mkfs() -> str:
+    exe = shutil.which(MKFS)
+    if exe is None:
+        raise Unsupported(f"{MKFS} is not installed", "install xfsprogs (apt-get install xfsprogs)")
+    return exe
+
+
+# --- planning ---------------------------------------------------------------------------
+
+
+def _check_drive_id(drive_id: Optional[str]) -> Optional[str]:
+    if drive_id is None:
+        return None
+    try:
+        return str(_uuid.UUID(str(drive_id)))
+    except ValueError:
+        raise InvalidArgument(f"drive id {drive_id!r} is not a UUID", "leave it unset to get a fresh one") from None
+
+
+def _check_label(label: str) -> str:
+    if not isinstance(label, str) or not _LABEL_RE.match(label):
+        raise InvalidArgument(
+            f"filesystem label {label!r} is invalid", "use 1-12 characters from A-Z a-z 0-9 _ . - (default DIRECTPV)"
+        )
+    return label
+
+
+def _describe(dev: Device) -> str:
+    parts = [dev.dev_path]
+    if dev.size:
+        parts.append(f"({dev.size} bytes)")
+    return " ".join(parts)
+
+
+def _refuse(dev: Device, reasons: Sequence[Reason], forceable_only: bool) -> DeviceRefused:
+    what = "; ".join(r.text for r in reasons)
+    if forceable_only:
+        return DeviceRefused(
+            f"refusing to format {dev.dev_path}: {what}",
+            f"formatting destroys what is on {dev.dev_path}; set force to format it anyway",
+            tuple(r.code for r in reasons),
+        )
+    return DeviceRefused(
+        f"refusing to format {dev.dev_path}: {what}",
+        "force does not override this: free the device first (unmount it, swapoff, remove its holders) "
+        "or choose another device",
+        tuple(r.code for r in reasons),
+    )
+
+
+def _context(dev: Device) -> List[Device]:
+    """Every device of the host (for root-disk and holder relations), with ``dev`` as just probed."""
+    try:
+        others = probe(run_blkid=False)
+    except Exception:  # the target was probed fully; context only sharpens the root-disk check
+        others = []
+    return [dev] + [d for d in others if d.name != dev.name]
+
+
+def _verdict_reasons(dev: Device, policy: JudgePolicy) -> Tuple[Reason, ...]:
+    return judge(_context(dev), policy)[dev.name].reasons
+
+
+def plan_format(
+    device_ref: str,
+    *,
+    force: bool = False,
+    allow_loop: bool = False,
+    expected_token: Optional[str] = None,
+    drive_id: Optional[str] = None,
+    label: str = OUR_LABEL,
+    owner: str = "",
+    reflink: Optional[bool] = None,
+    min_size: Optional[int] = None,
+    node: Optional[str] = None,
+) -> FormatPlan:
+    """Plan the format of one device. Raises DeviceRefused (``reasons`` lists the codes),
+    InvalidArgument (bad input: a regular file, a path with "..", not a block device, a bad
+    drive id or label), NotFound (no such device). Runs no mutating command."""
+    did = _check_drive_id(drive_id)
+    label = _check_label(label)
+    if reflink is not None and not isinstance(reflink, bool):
+        raise InvalidArgument(f"reflink must be true, false or unset, not {reflink!r}", "leave it unset to probe")
+    dev = probe_one(device_ref)
+    token = state_token(dev)
+    if expected_token is not None and expected_token != token:
+        raise DeviceRefused(
+            f"refusing to format {dev.dev_path}: device changed since it was discovered",
+            "re-run discovery and plan again with the new ID",
+            (REASON_STALE,),
+        )
+    policy = JudgePolicy(
+        min_size=DEFAULT_MIN_SIZE if min_size is None else int(min_size), allow_loop=allow_loop, our_label=label
+    )
+    reasons = _verdict_reasons(dev, policy)
+    codes = {r.code for r in reasons}
+    meta_common: Dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "owner": owner,
+        "node": node if node is not None else socket.gethostname(),
+        "device": dev.name,
+        "device_path": dev.dev_path,
+        "major_minor": dev.majmin,
+        "hardware_id": hardware_id(dev),
+        "size": dev.size,
+        "label": label,
+    }
+    if REASON_OURS in codes:
+        blocking = [r for r in reasons if r.code not in _ADOPT_TOLERATES]
+        if blocking:
+            raise _refuse(dev, blocking, forceable_only=False)
+        sb = read_xfs_superblock(dev.dev_path)
+        if did is not None and did != sb.uuid:
+            raise DeviceRefused(
+                f"{dev.dev_path} already is DirectPV drive {sb.uuid}, not {did}",
+                "adopt it under its own id (leave drive_id unset), or wipe it (wipefs -a) to format it anew",
+                (REASON_OURS,),
+            )
+        return FormatPlan(
+            device=dev,
+            drive_id=sb.uuid,
+            commands=[],
+            metadata=dict(meta_common, drive_id=sb.uuid, fs_uuid=sb.uuid),
+            token=token,
+            adopt=True,
+            force=force,
+            label=label,
+        )
+    hard = [r for r in reasons if not r.forceable]
+    if hard:
+        raise _refuse(dev, hard, forceable_only=False)
+    soft = [r for r in reasons if r.forceable]
+    if soft and not force:
+        raise _refuse(dev, soft, forceable_only=True)
+    exe = _require_mkfs()
+    if reflink is True and not mkfs_supports_reflink():
+        raise Unsupported(
+            f"this {MKFS} ({mkfs_version() or 'unknown version'}) cannot make reflink filesystems",
+            "leave reflink unset or upgrade xfsprogs",
+        )
+    new_id = did or str(_uuid.uuid4())
+    cmd = [os.path.basename(exe), "-i", "maxpct=50", "-m", f"uuid={new_id}", "-L", label]
+    if reflink is None and mkfs_supports_reflink():
+        cmd += ["-m", "reflink=1"]
+    elif reflink is not None and mkfs_supports_reflink():
+        cmd += ["-m", "reflink=1" if reflink else "reflink=0"]
+    if force:
+        cmd.append("-f")
+    cmd.append(dev.dev_path)
+    metadata = dict(
+        meta_common,
+        drive_id=new_id,
+        fs_uuid=new_id,
+        tool=MKFS,
+        tool_version=mkfs_version(),
+        formatted_at="",  # filled in by execute_format
+    )
+    return FormatPlan(
+        device=dev,
+        drive_id=new_id,
+        commands=[cmd],
+        metadata=metadata,
+        token=token,
+        adopt=False,
+        force=force,
+        forced_reasons=tuple(r.code for r in soft),
+        label=label,
+    )
+
+
+# --- execution --------------------------------------------------------------------------
+
+
+def _lock_device(path: str) -> int:
+    """Open the device node and take an exclusive advisory lock (the udev convention)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise Aborted(f"{path} is locked by another operation", "wait for it to finish and retry") from None
+        raise
+    return fd
+
+
+def _recheck(plan: FormatPlan) -> Device:
+    dev = probe_one(plan.device.dev_path)
+    if state_token(dev) != plan.token:
+        raise DeviceRefused(
+            f"refusing to format {dev.dev_path}: device changed since it was discovered",
+            "re-run discovery and plan again",
+            (REASON_STALE,),
+        )
+    return dev
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_metadata(mountpoint: str, metadata: Dict[str, Any]) -> str:
+    """Write ``<mountpoint>/.directpv/meta.json`` atomically (temp file, fsync, rename, fsync dir)."""
+    d = os.path.join(mountpoint, META_DIR)
+    os.makedirs(d, mode=0o755, exist_ok=True)
+    path = os.path.join(d, META_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(metadata, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(d)
+    _fsync_dir(mountpoint)
+    return path
+
+
+def read_metadata(mountpoint: str) -> Optional[Dict[str, Any]]:
+    """The drive's ``.directpv/meta.json`` as a dict, None when absent. A file that is not a
+    JSON object raises FailedPrecondition."""
+    path = os.path.join(mountpoint, META_DIR, META_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise FailedPrecondition(f"{path} is unreadable: {e}", "check the drive (xfs_repair -n) ") from None
+    if not isinstance(data, dict):
+        raise FailedPrecondition(f"{path} is not a JSON object", "check the drive; it may not be ours")
+    return data
+
+
+def _with_mounted(dev: Device, fn: Any) -> Any:
+    """Call ``fn(mountpoint)`` with the device mounted: at an existing mount point if it has
+    one, else in a private temporary directory that is unmounted and removed afterwards."""
+    for mp in dev.mountpoints:
+        m = _mount.mount_of(mp)
+        here = m is not None and m.mount_point == os.path.realpath(mp) and m.root == "/"
+        if here and m is not None and (m.major, m.minor) == (dev.major, dev.minor):
+            return fn(mp)
+    tmp = tempfile.mkdtemp(prefix="directpv-format-")
+    try:
+        _mount.mount(dev.dev_path, tmp, "xfs", flags=_mount.MS_NOATIME)
+        try:
+            return fn(tmp)
+        finally:
+            _mount.unmount(tmp)
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(tmp)
+
+
+def _run(cmd: List[str]) -> None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=_C_ENV, timeout=600, check=False)
+    except subprocess.TimeoutExpired:
+        raise CommandFailed(f"{cmd[0]} timed out", "check the device's health (dmesg)", tuple(cmd)) from None
+    if out.returncode != 0:
+        err = (out.stderr or out.stdout).strip()
+        raise CommandFailed(
+            f"{' '.join(cmd)} failed (exit {out.returncode}): {err.splitlines()[0] if err else 'no output'}",
+            "see stderr; the device may be in use or damaged",
+            tuple(cmd),
+            out.returncode,
+            out.stderr,
+        )
+
+
+def execute_format(plan: FormatPlan) -> FormattedDrive:
+    """Run a plan: recheck the state token, mkfs.xfs, write and fsync the metadata file,
+    read the capacity back from the superblock. An adoption runs no mkfs; it reads the
+    metadata (and writes it if it is missing: a format interrupted before it was written)."""
+    fd = _lock_device(plan.device.dev_path)
+    try:
+        dev = _recheck(plan)
+        if plan.adopt:
+
+            def adopt(mp: str) -> Dict[str, Any]:
+                meta = read_metadata(mp)
+                if meta is None:
+                    meta = dict(plan.metadata, formatted_at="", adopted_at=_now())
+                    write_metadata(mp, meta)
+                return meta
+
+            meta = _with_mounted(dev, adopt)
+            sb = read_xfs_superblock(dev.dev_path)
+            return FormattedDrive(sb.uuid, dev, sb.uuid, sb.capacity, meta, adopted=True, superblock=sb)
+        for cmd in plan.commands:
+            exe = shutil.which(cmd[0]) or cmd[0]
+            _run([exe, *cmd[1:]])
+        meta = dict(plan.metadata, formatted_at=_now())
+        _with_mounted(dataclasses.replace(dev, mountpoints=()), lambda mp: write_metadata(mp, meta))
+        sb = read_xfs_superblock(dev.dev_path)
+        if sb.uuid != plan.drive_id:
+            raise CommandFailed(
+                f"{dev.dev_path}: superblock UUID {sb.uuid} is not the drive id {plan.drive_id} after mkfs.xfs",
+                "the device was changed by someone else during the format; inspect it before use",
+            )
+        return FormattedDrive(plan.drive_id, dev, sb.uuid, sb.capacity, meta, adopted=False, superblock=sb)
+    finally:
+        os.close(fd)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def format_drive(device_ref: str, *, dry_run: bool = False, **kwargs: Any) -> Union[FormatPlan, FormattedDrive]:
+    """Plan and execute; ``dry_run=True`` returns the plan and runs nothing."""
+    plan = plan_format(device_ref, **kwargs)
+    if dry_run:
+        return plan
+    return execute_format(plan)
+
+
+# --- recognising our drives ----------------------------------------------------------------
+
+
+def find_our_drives(devices: Sequence[Device], label: str = OUR_LABEL) -> List[Device]:
+    """Devices holding an XFS filesystem with our label, read from the superblock itself (so a
+    renamed device is recognised without blkid or udev). Each returned Device has ``fs_uuid``
+    (the drive id), ``fs_label`` and ``fs_type`` set from its superblock."""
+    found: List[Device] = []
+    for dev in devices:
+        if dev.cdrom or dev.size == 0 or dev.partitions or (dev.fs_type not in ("", "xfs")):
+            continue
+        try:
+            sb = read_xfs_superblock(dev.dev_path)
+        except Exception:  # not XFS, unreadable, vanished: not one of ours
+            continue
+        if sb.label == label:
+            found.append(dataclasses.replace(dev, fs_type="xfs", fs_uuid=sb.uuid, fs_label=sb.label))
+    return found
