@@ -1,0 +1,356 @@
+#!/usr/bin/python
+# Copyright: directpv.csi maintainers
+# Apache License 2.0 (see LICENSE)
+"""directpv.csi.drive: make a device a DirectPV drive (format or adopt), or release it."""
+
+# ruff: noqa: E402  (Ansible layout: DOCUMENTATION, EXAMPLES and RETURN come before the imports)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: drive
+short_description: Make a block device a DirectPV drive, or release it
+version_added: 0.1.0
+description:
+  - O(state=present) formats the device as a DirectPV drive (C(mkfs.xfs) with a new drive ID as filesystem
+    UUID and the C(DIRECTPV) label, then writes C(.directpv/meta.json)), or adopts it unchanged when it
+    already is one of ours.
+  - O(state=absent) releases a drive of ours - unmounts it and, only with O(wipe=true), erases our XFS
+    signature (C(wipefs --all --types xfs)). It refuses while volumes live on the drive.
+  - Refuses, naming every reason, a device that is mounted, held, swap, the root disk, read-only,
+    too small, a loop device without O(allow_loop), or that changed since O(expected_token) was taken.
+    A device holding a filesystem or partition table is formatted only with O(force).
+  - Check mode returns the plan (the exact commands) and runs nothing. Diff mode shows the device before and
+    after (filesystem, label, drive ID). Idempotent - a drive already ours reports no change.
+author:
+  - directpv.csi maintainers
+extends_documentation_fragment:
+  - directpv.csi.device_policy
+attributes:
+  check_mode:
+    support: full
+    description: Returns the plan and runs nothing.
+  diff_mode:
+    support: full
+    description: Filesystem, label and drive ID before and after.
+options:
+  device:
+    description:
+      - The device - kernel name (C(nvme0n1)), C(/dev/...) path or C(/dev/disk/by-id/...) link.
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) - a DirectPV drive (format, or adopt one already ours). V(absent) - released.
+    type: str
+    choices: [present, absent]
+    default: present
+  force:
+    description:
+      - Format over an existing filesystem or partition table. Never overrides a mounted, held,
+        swap, root, read-only or stale device.
+    type: bool
+    default: false
+  safe_mode:
+    description:
+      - Refuse implicitly destructive operations.
+      - With O(state=present) and O(force=true), a format over existing data needs O(expected_token),
+        so that force applies only to the device state that was reviewed.
+      - With O(state=absent) and O(wipe=true), refuse when the drive holds anything but our metadata.
+    type: bool
+    default: true
+  expected_token:
+    description:
+      - The device's state token as discovered (C(id) from M(directpv.csi.drive_info), C(token) from
+        M(directpv.csi.drive_select)). The format is refused when the device changed since.
+    type: str
+  drive_id:
+    description:
+      - The drive ID (filesystem UUID) to give a new drive. Default - a random UUID.
+    type: str
+  label:
+    description:
+      - Filesystem label marking our drives.
+    type: str
+    default: DIRECTPV
+  reflink:
+    description:
+      - Make the filesystem with reflink on or off. Default - on when C(mkfs.xfs) supports it.
+    type: bool
+  wipe:
+    description:
+      - With O(state=absent), erase our XFS signature after unmounting, so the device is free again.
+    type: bool
+    default: false
+"""
+
+EXAMPLES = r"""
+- name: Make nvme0n2 a DirectPV drive
+  directpv.csi.drive:
+    device: nvme0n2
+
+- name: Format a reviewed device over its old filesystem
+  directpv.csi.drive:
+    device: /dev/disk/by-id/nvme-VMware_Virtual_NVMe_Disk_VMWare_NVME_0000
+    force: true
+    expected_token: "259:3$vKn1G3ntpurBUVN_Vg57Blr3Xu0iIjzEsmR60LncxaA"
+
+- name: Release a drive and free the device
+  directpv.csi.drive:
+    device: nvme0n2
+    state: absent
+    wipe: true
+"""
+
+RETURN = r"""
+plan:
+  description: What the module runs (or would run in check mode).
+  returned: always
+  type: dict
+  contains:
+    commands:
+      description: The commands, each a list of arguments. Unmounts are shown as C(umount MOUNTPOINT) (done by syscall).
+      type: list
+      elements: list
+    action:
+      description: C(format), C(adopt), C(release) or C(none).
+      type: str
+    metadata:
+      description: The metadata written to C(.directpv/meta.json) (format only).
+      type: dict
+drive:
+  description: The drive after the run (O(state=present)).
+  returned: when state is present
+  type: dict
+  contains:
+    drive_id:
+      description: Drive ID (the filesystem UUID).
+      type: str
+    device:
+      description: Device path.
+      type: str
+    capacity:
+      description: Usable bytes, from the XFS superblock (absent in check mode).
+      type: int
+    adopted:
+      description: The drive already was ours.
+      type: bool
+device:
+  description: Device path.
+  returned: always
+  type: str
+"""
+
+import contextlib
+import os
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.directpv.csi.plugins.module_utils._common import (
+    DEVICE_POLICY_ARGS,
+    node_name,
+    run,
+)
+from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.errors import (
+    CommandFailed,
+    DeviceRefused,
+    FailedPrecondition,
+)
+from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.models import Device
+from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.units import parse_size
+from ansible_collections.directpv.csi.plugins.module_utils._directpv.device import mount as _mount
+from ansible_collections.directpv.csi.plugins.module_utils._directpv.device.format import (
+    META_DIR,
+    execute_format,
+    find_our_drives,
+    plan_format,
+)
+from ansible_collections.directpv.csi.plugins.module_utils._directpv.device.probe import probe_one
+
+WIPE = ["wipefs", "--all", "--types", "xfs"]
+
+
+def argspec() -> Dict[str, Any]:
+    spec = dict(DEVICE_POLICY_ARGS)
+    spec.update(
+        device={"type": "str", "required": True},
+        state={"type": "str", "choices": ["present", "absent"], "default": "present"},
+        force={"type": "bool", "default": False},
+        safe_mode={"type": "bool", "default": True},
+        expected_token={"type": "str", "no_log": False},
+        drive_id={"type": "str"},
+        label={"type": "str", "default": "DIRECTPV"},
+        reflink={"type": "bool"},
+        wipe={"type": "bool", "default": False},
+    )
+    return spec
+
+
+def snapshot(dev: Device, label: str) -> Dict[str, Any]:
+    """What the diff shows of a device."""
+    return {
+        "device": dev.dev_path,
+        "filesystem": dev.fs_type,
+        "label": dev.fs_label,
+        "fs_uuid": dev.fs_uuid,
+        "directpv_drive": dev.fs_type == "xfs" and dev.fs_label == label,
+        "mountpoints": list(dev.mountpoints),
+    }
+
+
+def present(module: Any) -> Dict[str, Any]:
+    p = module.params
+    plan = plan_format(
+        p["device"],
+        force=p["force"],
+        allow_loop=p["allow_loop"],
+        expected_token=p["expected_token"] or None,
+        drive_id=p["drive_id"],
+        label=p["label"],
+        owner=node_name(p),
+        reflink=p["reflink"],
+        min_size=parse_size(p["min_size"]),
+        node=node_name(p),
+    )
+    dev = plan.device
+    if plan.forced_reasons and p["safe_mode"] and not p["expected_token"]:
+        raise DeviceRefused(
+            "safe_mode: refusing to format {} over existing data ({}) without expected_token".format(
+                dev.dev_path, ", ".join(plan.forced_reasons)
+            ),
+            "pass the device's reviewed state token as expected_token (drive_info 'id', drive_select 'token') "
+            "so force applies only to that state, or set safe_mode: false",
+            tuple(plan.forced_reasons),
+        )
+    before = snapshot(dev, p["label"])
+    result: Dict[str, Any] = {"device": dev.dev_path, "plan": dict(plan.to_dict(), action="adopt")}
+    if plan.adopt:
+        drive: Dict[str, Any] = {"drive_id": plan.drive_id, "device": dev.dev_path, "adopted": True}
+        changed = False
+        if not module.check_mode:
+            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+            formatted = execute_format(plan)
+            drive.update(capacity=formatted.capacity, metadata=formatted.metadata)
+            # An adoption writes metadata only when it was missing (an interrupted format): a change.
+            changed = str(formatted.metadata.get("adopted_at", "")) >= started
+        result.update(changed=changed, drive=drive)
+        if module._diff:
+            result["diff"] = {"before": before, "after": before}
+        return result
+    result["plan"]["action"] = "format"
+    after = dict(before, filesystem="xfs", label=plan.label, fs_uuid=plan.drive_id, directpv_drive=True)
+    drive = {"drive_id": plan.drive_id, "device": dev.dev_path, "adopted": False}
+    if not module.check_mode:
+        formatted = execute_format(plan)
+        drive.update(capacity=formatted.capacity, metadata=formatted.metadata)
+    result.update(changed=True, drive=drive)
+    if module._diff:
+        result["diff"] = {"before": before, "after": after}
+    return result
+
+
+@contextlib.contextmanager
+def mounted_ro(dev: Device) -> Any:
+    """The drive's root directory: an existing mount point, else a private read-only mount."""
+    for mp in dev.mountpoints:
+        m = _mount.mount_of(mp)
+        if m is not None and m.root == "/" and (m.major, m.minor) == (dev.major, dev.minor):
+            yield mp
+            return
+    tmp = tempfile.mkdtemp(prefix="directpv-release-")
+    try:
+        _mount.mount(dev.dev_path, tmp, "xfs", options=("ro",))
+        try:
+            yield tmp
+        finally:
+            _mount.unmount(tmp)
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(tmp)
+
+
+def drive_content(dev: Device) -> Tuple[List[str], List[str]]:
+    """(volume directories, other entries) at the root of a drive of ours."""
+    with mounted_ro(dev) as root:
+        entries = sorted(os.listdir(root))
+        volumes = [e for e in entries if not e.startswith(".") and os.path.isdir(os.path.join(root, e))]
+        other = [e for e in entries if e != META_DIR and e not in volumes]
+    return volumes, other
+
+
+def ours(dev: Device, label: str) -> Optional[Device]:
+    found = find_our_drives([dev], label=label)
+    return found[0] if found else None
+
+
+def absent(module: Any) -> Dict[str, Any]:
+    p = module.params
+    dev = probe_one(p["device"])
+    before = snapshot(dev, p["label"])
+    result: Dict[str, Any] = {"device": dev.dev_path}
+    drive = ours(dev, p["label"])
+    if drive is None:
+        result.update(
+            changed=False,
+            plan={"action": "none", "commands": []},
+            msg=f"{dev.dev_path} is not a DirectPV drive; nothing to release",
+        )
+        return result
+    volumes, other = drive_content(drive)
+    if volumes:
+        raise FailedPrecondition(
+            f"drive {drive.fs_uuid} ({dev.dev_path}) still holds {len(volumes)} volume(s): {', '.join(volumes[:10])}",
+            "delete those volumes (their PVCs) first; the drive is released only when empty",
+        )
+    if p["wipe"] and other and p["safe_mode"]:
+        raise FailedPrecondition(
+            "safe_mode: drive {} ({}) holds files other than DirectPV metadata: {}".format(
+                drive.fs_uuid, dev.dev_path, ", ".join(other[:10])
+            ),
+            "remove them, or set safe_mode: false to wipe the drive anyway",
+        )
+    commands = [["umount", mp] for mp in sorted(dev.mountpoints, key=len, reverse=True)]
+    if p["wipe"]:
+        commands.append([*WIPE, dev.dev_path])
+    result["plan"] = {"action": "release" if commands else "none", "commands": commands}
+    result["changed"] = bool(commands)
+    if module._diff:
+        after = dict(before, mountpoints=[])
+        if p["wipe"]:
+            after.update(filesystem="", label="", fs_uuid="", directpv_drive=False)
+        result["diff"] = {"before": before, "after": after}
+    if module.check_mode or not commands:
+        return result
+    for cmd in commands:
+        if cmd[0] == "umount":
+            _mount.unmount(cmd[1])
+            continue
+        # Wipe only what is still our XFS (checked again right before).
+        if ours(probe_one(dev.dev_path), p["label"]) is None:
+            raise FailedPrecondition(
+                f"{dev.dev_path} changed while it was being released: no longer our XFS", "inspect it"
+            )
+        rc, out, err = module.run_command(cmd, environ_update={"LC_ALL": "C"})
+        if rc != 0:
+            raise CommandFailed(
+                f"{' '.join(cmd)} failed (exit {rc}): {(err or out).strip()}",
+                "check that nothing opened the device",
+                tuple(cmd),
+                rc,
+                err,
+            )
+    return result
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argspec(), supports_check_mode=True)
+    if module.params["state"] == "present":
+        run(module, lambda: present(module))
+    else:
+        run(module, lambda: absent(module))
+
+
+if __name__ == "__main__":
+    main()
