@@ -1,0 +1,81 @@
+"""Configuration of one node server: who it is, where it keeps drive mounts, which
+paths the container orchestrator may hand it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.errors import InvalidArgument
+
+TOPOLOGY_NODE_KEY = "directpv.dev/node"
+DEFAULT_STATE_DIR = Path("/var/lib/directpv-csi")
+DEFAULT_KUBELET_DIRS: tuple[Path, ...] = (Path("/var/lib/kubelet"),)
+MOUNT_SUBDIR = "mnt"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """``kubelet_dirs`` are the only roots under which staging and target paths are
+    accepted; drives are mounted at ``state_dir/mnt/<drive_id>``."""
+
+    node_id: str
+    state_dir: Path = DEFAULT_STATE_DIR
+    kubelet_dirs: tuple[Path, ...] = DEFAULT_KUBELET_DIRS
+    topology: dict[str, str] = field(default_factory=dict)
+    allow_loop: bool = False
+    max_volumes_per_node: int = 0
+    require_quota: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.node_id:
+            raise InvalidArgument("node id is empty", "give the node's name (--node-id, default: the host name)")
+        if not Path(self.state_dir).is_absolute():
+            raise InvalidArgument(f"state directory {self.state_dir} is not absolute", "give an absolute path")
+        roots = tuple(Path(os.path.normpath(p)) for p in self.kubelet_dirs)
+        for root in roots:
+            if not root.is_absolute():
+                raise InvalidArgument(f"kubelet directory {root} is not absolute", "give absolute paths")
+        if self.max_volumes_per_node < 0:
+            raise InvalidArgument("max volumes per node is negative", "give 0 (no limit) or a positive count")
+        object.__setattr__(self, "state_dir", Path(os.path.normpath(self.state_dir)))
+        object.__setattr__(self, "kubelet_dirs", roots)
+        if not self.topology:
+            object.__setattr__(self, "topology", {TOPOLOGY_NODE_KEY: self.node_id})
+
+    @property
+    def mount_root(self) -> Path:
+        """Directory under which every drive of this node is mounted."""
+        return self.state_dir / MOUNT_SUBDIR
+
+    def drive_mount_dir(self, drive_id: str) -> Path:
+        """Where drive ``drive_id`` is mounted: ``state_dir/mnt/<drive_id>``."""
+        if not drive_id or "/" in drive_id or drive_id in (".", "..") or "\0" in drive_id:
+            raise InvalidArgument(f"drive id {drive_id!r} is not a valid directory name", "drive ids are UUIDs")
+        return self.mount_root / drive_id
+
+    def path_allowed(self, path: str) -> bool:
+        """True when ``path`` is absolute, has no ``..`` and lies strictly under a kubelet dir."""
+        if not path or not os.path.isabs(path) or "\0" in path:
+            return False
+        if ".." in path.split("/"):
+            return False
+        norm = os.path.normpath(path)
+        return any(norm.startswith(str(root).rstrip("/") + "/") for root in self.kubelet_dirs)
+
+    def check_path(self, path: str, what: str) -> str:
+        """``path`` normalised, or InvalidArgument naming ``what`` and the allowed roots."""
+        if not path:
+            raise InvalidArgument(f"{what} is missing", f"give the {what} (an absolute path)")
+        if not os.path.isabs(path):
+            raise InvalidArgument(f"{what} {path!r} is not absolute", f"give an absolute {what}")
+        if "\0" in path or ".." in path.split("/"):
+            raise InvalidArgument(f"{what} {path!r} contains '..' or a NUL byte", f"give a plain absolute {what}")
+        if not self.path_allowed(path):
+            roots = ", ".join(str(r) for r in self.kubelet_dirs) or "(none configured)"
+            raise InvalidArgument(
+                f"{what} {path!r} is not under an allowed kubelet directory ({roots})",
+                "use a path under the kubelet directory, or add its root to the node's --kubelet-dir",
+            )
+        return os.path.normpath(path)

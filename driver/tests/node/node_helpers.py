@@ -1,0 +1,124 @@
+"""Fixtures for the node side: real loop drives formatted by our format code, a real
+SQLite store, a registry that only sees this test's drives.
+
+The registry's probe is the real one, filtered to the loop devices whose backing
+file lives in this test's tmp_path: other engineers' tests format loop drives on
+the same kernel at the same time, and a registry must never touch those.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Sequence
+
+import pytest
+from directpv_csi.core.models import Device
+from directpv_csi.node.config import NodeConfig
+from directpv_csi.node.registry import DriveRegistry
+from directpv_csi.store.embedded import EmbeddedStore
+
+
+@dataclass
+class OurDrive:
+    dev: str  # /dev/loopN (changes when re-attached)
+    drive_id: str
+    backing: Path
+
+
+def _mountinfo_points() -> List[str]:
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        return [line.split()[4].encode().decode("unicode_escape") for line in f]
+
+
+def unmount_under(root: Path) -> None:
+    """Lazily unmount every mount point at or below ``root`` (deepest first): exactly the
+    mounts this test created, since ``root`` is the test's own tmp_path."""
+    prefix = str(root).rstrip("/") + "/"
+    for _ in range(5):
+        points = [p for p in _mountinfo_points() if p.startswith(prefix)]
+        if not points:
+            return
+        for p in sorted(set(points), key=len, reverse=True):
+            subprocess.run(["umount", "-l", p], capture_output=True)
+
+
+def attach(backing: Path) -> str:
+    return subprocess.run(["losetup", "--find", "--show", str(backing)], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def detach(dev: str) -> None:
+    subprocess.run(["losetup", "--detach", dev], check=True, capture_output=True)
+
+
+@pytest.fixture
+def node_env(tmp_path: Path) -> Iterator[Dict[str, Path]]:
+    state = tmp_path / "state"
+    kubelet = tmp_path / "kubelet"
+    state.mkdir()
+    kubelet.mkdir()
+    try:
+        yield {"root": tmp_path, "state": state, "kubelet": kubelet}
+    finally:
+        unmount_under(tmp_path)
+
+
+@pytest.fixture
+def make_drive(loopdev: Callable[..., str], tmp_path: Path) -> Iterator[Callable[..., OurDrive]]:
+    """``make_drive(size="400M") -> OurDrive``: a loop device formatted as one of our drives."""
+    from directpv_csi.device.format import format_drive
+
+    extra: List[str] = []
+
+    def make(size: str = "400M") -> OurDrive:
+        dev = loopdev(size)
+        res = format_drive(dev, allow_loop=True, node="node-a", min_size=300 * 2**20)
+        backing = Path(subprocess.run(["losetup", "--noheadings", "-O", "BACK-FILE", dev], check=True,
+                                      capture_output=True, text=True).stdout.strip())
+        return OurDrive(dev=dev, drive_id=res.drive_id, backing=backing)  # type: ignore[union-attr]
+
+    make.reattached = extra  # type: ignore[attr-defined]
+    yield make
+    # Devices re-attached by tests under new names (the loopdev fixture detaches its own).
+    for dev in extra:
+        if os.path.exists(dev):
+            subprocess.run(["losetup", "--detach", dev], capture_output=True)
+
+
+def only_under(root: Path) -> Callable[[Dict[str, str]], Sequence[Device]]:
+    """The real probe, restricted to loop devices backed by files under ``root``."""
+    from directpv_csi.device.probe import probe
+
+    prefix = str(root).rstrip("/") + "/"
+
+    def run(errors: Dict[str, str]) -> Sequence[Device]:
+        return [d for d in probe(errors=errors) if d.loop_backing_file.startswith(prefix)]
+
+    return run
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EmbeddedStore]:
+    s = EmbeddedStore(str(tmp_path / "store.db"), synchronous="NORMAL")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def config(node_env: Dict[str, Path]) -> NodeConfig:
+    return NodeConfig(node_id="node-a", state_dir=node_env["state"], kubelet_dirs=(node_env["kubelet"],),
+                      allow_loop=True)
+
+
+@pytest.fixture
+def registry(config: NodeConfig, store: EmbeddedStore, node_env: Dict[str, Path]) -> Iterator[DriveRegistry]:
+    reg = DriveRegistry(config, store, probe=only_under(node_env["root"]))
+    try:
+        yield reg
+    finally:
+        reg.stop()
