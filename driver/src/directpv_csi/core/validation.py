@@ -1,0 +1,175 @@
+"""Validation of CSI requests, on plain data. Pure: no grpc, no os.
+
+The controller turns protobuf messages into these plain values (strings, ints,
+tuples) and calls the checks here; each raises a domain error with a hint, which
+csi/errors.py turns into the gRPC code.
+
+StorageClass parameters with our prefix ``directpv.dev/``:
+
+* ``directpv.dev/access-tier``: Default | Hot | Warm | Cold (any case).
+* ``directpv.dev/placement``: most-free (default) | bin-pack | spread.
+* ``directpv.dev/volume-claim-id``: at most one volume of this claim per drive.
+* ``directpv.dev/<label>``: any other name is a drive label that must match
+  (``directpv.dev/rack: r1`` picks drives labelled ``rack=r1``).
+
+A key with our prefix whose name is not a valid label name (empty, a slash, spaces)
+is INVALID_ARGUMENT, as is a bad value of a known key. Keys without our prefix
+(``csi.storage.k8s.io/pvc/name``...) are recorded and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+from .errors import InvalidArgument, OutOfRange
+from .scheduler import PLACEMENT_MOST_FREE, PLACEMENTS, Request
+from .units import GiB, format_size
+
+PREFIX = "directpv.dev/"
+PARAM_ACCESS_TIER = PREFIX + "access-tier"
+PARAM_PLACEMENT = PREFIX + "placement"
+PARAM_CLAIM = PREFIX + "volume-claim-id"
+TOPOLOGY_NODE = PREFIX + "node"
+
+ACCESS_TIERS = ("Default", "Hot", "Warm", "Cold")
+
+# No capacity range in CreateVolume: this size, never "the whole drive".
+DEFAULT_VOLUME_SIZE = 1 * GiB
+
+MAX_NAME_LENGTH = 128
+# The name becomes a directory on the drive: no slash, no "..", no control characters.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
+
+# Access modes by their CSI enum names.
+SINGLE_NODE_MODES = (
+    "SINGLE_NODE_WRITER",
+    "SINGLE_NODE_READER_ONLY",
+    "SINGLE_NODE_SINGLE_WRITER",
+    "SINGLE_NODE_MULTI_WRITER",
+)
+SUPPORTED_FS_TYPES = ("", "xfs")
+
+
+def check_volume_name(name: str, what: str = "volume name") -> str:
+    if not name:
+        raise InvalidArgument(f"{what} is missing", "pass the volume name")
+    if len(name.encode()) > MAX_NAME_LENGTH:
+        raise InvalidArgument(f"{what} {name[:40]!r}... is {len(name.encode())} bytes long",
+                              f"use at most {MAX_NAME_LENGTH} bytes")
+    if not _NAME_RE.match(name):
+        raise InvalidArgument(f"{what} {name!r} has characters we cannot use in a directory name",
+                              "use letters, digits, '.', '_' and '-', starting with a letter or digit")
+    return name
+
+
+def check_required(value: str, what: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{what} is missing", f"pass {what}")
+    return value
+
+
+# A capability as plain data: (access type "mount" | "block" | "", fs_type, access mode enum name).
+Capability = Tuple[str, str, str]
+
+
+def check_capabilities(caps: Sequence[Capability], *, required: bool = True) -> None:
+    """Mount access with xfs (or no fs type), single-node access modes only."""
+    if not caps:
+        if required:
+            raise InvalidArgument("volume capabilities are missing", "pass at least one volume capability")
+        return
+    for access_type, fs_type, mode in caps:
+        problem = capability_problem((access_type, fs_type, mode))
+        if problem:
+            raise InvalidArgument(problem[0], problem[1])
+
+
+def capability_problem(cap: Capability) -> Optional[Tuple[str, str]]:
+    """``(message, hint)`` when ``cap`` is not supported, else None."""
+    access_type, fs_type, mode = cap
+    if access_type == "block":
+        return ("block access type is not supported", "request a mount volume (volumeMode: Filesystem)")
+    if access_type != "mount":
+        return ("volume capability has no access type", "set the mount access type")
+    if fs_type.lower() not in SUPPORTED_FS_TYPES:
+        return (f"fs_type {fs_type!r} is not supported", "use xfs (or leave fs_type empty)")
+    if mode == "UNKNOWN" or not mode:
+        return ("volume capability has no access mode", "set an access mode such as SINGLE_NODE_WRITER")
+    if mode not in SINGLE_NODE_MODES:
+        return (f"access mode {mode} is not supported: a volume lives on one drive of one node",
+                f"use one of {', '.join(SINGLE_NODE_MODES)} (ReadWriteOnce / ReadWriteOncePod)")
+    return None
+
+
+def volume_size(required: int, limit: int, default: int = DEFAULT_VOLUME_SIZE) -> int:
+    """Bytes to reserve for a capacity range: ``required``, else ``limit``, else ``default``
+    (capped at ``limit``). Raises InvalidArgument for negatives, OutOfRange for required > limit."""
+    if required < 0 or limit < 0:
+        raise InvalidArgument(f"capacity range {required}..{limit} is negative", "ask for zero or more bytes")
+    if limit and required > limit:
+        raise OutOfRange(f"required bytes {required} exceed limit bytes {limit}",
+                         "make required_bytes at most limit_bytes")
+    if required:
+        return required
+    if limit:
+        return limit
+    return default
+
+
+def size_fits(size: int, required: int, limit: int) -> bool:
+    """True when an existing volume of ``size`` satisfies the range."""
+    return size >= required and (not limit or size <= limit)
+
+
+def parse_parameters(parameters: Mapping[str, str], size: int) -> Request:
+    """The scheduler request for StorageClass ``parameters`` and ``size`` bytes."""
+    tier = ""
+    placement = PLACEMENT_MOST_FREE
+    claim = ""
+    labels: Dict[str, str] = {}
+    for key, value in parameters.items():
+        if not key.startswith(PREFIX):
+            continue
+        name = key[len(PREFIX):]
+        if key == PARAM_ACCESS_TIER:
+            match = [t for t in ACCESS_TIERS if t.lower() == value.lower()]
+            if not match:
+                raise InvalidArgument(f"parameter {key}={value!r} is not an access tier",
+                                      f"use one of {', '.join(ACCESS_TIERS)}")
+            tier = match[0]
+        elif key == PARAM_PLACEMENT:
+            if value not in PLACEMENTS:
+                raise InvalidArgument(f"parameter {key}={value!r} is not a placement policy",
+                                      f"use one of {', '.join(PLACEMENTS)}")
+            placement = value
+        elif key == PARAM_CLAIM:
+            if not value or not _LABEL_NAME_RE.match(value):
+                raise InvalidArgument(f"parameter {key}={value!r} is not a valid claim id",
+                                      "use 1-63 letters, digits, '.', '_' or '-'")
+            claim = value
+        elif not _LABEL_NAME_RE.match(name):
+            raise InvalidArgument(
+                f"parameter {key!r} is not a known parameter nor a valid drive label name",
+                f"use {PARAM_ACCESS_TIER}, {PARAM_PLACEMENT}, {PARAM_CLAIM} or {PREFIX}<label> "
+                "with a label name of 1-63 letters, digits, '.', '_' or '-'",
+            )
+        elif not _LABEL_VALUE_RE.match(value):
+            raise InvalidArgument(f"parameter {key}={value!r}: not a valid label value",
+                                  "use up to 63 letters, digits, '.', '_' or '-'")
+        else:
+            labels[name] = value
+    return Request(size=size, access_tier=tier, labels=labels, claim=claim, placement=placement)
+
+
+def check_expand(required: int, limit: int, current: int) -> int:
+    """New size for ControllerExpandVolume (never smaller than ``current``)."""
+    if required <= 0 and limit <= 0:
+        raise InvalidArgument("capacity range is missing", "pass required_bytes for the new size")
+    new = volume_size(required, limit)
+    if limit and current > limit:
+        raise OutOfRange(f"volume is already {format_size(current)}, above the limit {format_size(limit)}",
+                         "volumes cannot shrink")
+    return max(new, current)

@@ -1,0 +1,341 @@
+"""CSI Controller service: volumes as reservations on drives, recorded in the store.
+
+validate (core/validation.py) -> choose (core/scheduler.py) -> reserve atomically
+(store.reserve_volume) -> respond. Errors are domain errors; csi/errors.py maps them.
+
+CreateVolume walks the topology in CSI order: each ``preferred`` segment in turn,
+then the remaining ``requisite`` segments (or every drive when there is no
+requisite). A segment naming ``directpv.dev/node`` reads only that node's drives
+from the store's per-node index. When the atomic reservation loses a race
+(Conflict), the drive list is re-read and the choice made again (bounded).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+
+import grpc
+
+from ..core.errors import (
+    Aborted,
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from ..core.models import DRIVE_READY, Drive, Volume
+from ..core.scheduler import Refusal, Request, choose, refusal_reason, summarize
+from ..core.units import format_size
+from ..core.validation import (
+    DEFAULT_VOLUME_SIZE,
+    PARAM_CLAIM,
+    PREFIX,
+    TOPOLOGY_NODE,
+    Capability,
+    capability_problem,
+    check_capabilities,
+    check_expand,
+    check_required,
+    check_volume_name,
+    parse_parameters,
+    size_fits,
+    volume_size,
+)
+from ..store.base import Store
+from .errors import rpc
+from .inflight import InFlight
+from .proto import csi_pb2, csi_pb2_grpc
+
+CONTEXT_DRIVE_ID = PREFIX + "drive-id"
+CONTEXT_NODE = PREFIX + "node"
+TOKEN_PREFIX = "after:"
+MAX_RESERVE_ATTEMPTS = 8
+
+_RPC = csi_pb2.ControllerServiceCapability.RPC
+CAPABILITIES = (
+    _RPC.CREATE_DELETE_VOLUME,
+    _RPC.EXPAND_VOLUME,
+    _RPC.GET_CAPACITY,
+    _RPC.LIST_VOLUMES,
+    _RPC.SINGLE_NODE_MULTI_WRITER,
+)
+
+
+def capability_of(cap: csi_pb2.VolumeCapability) -> Capability:
+    """Plain ``(access type, fs_type, access mode name)`` of a protobuf capability."""
+    kind = cap.WhichOneof("access_type") or ""
+    fs_type = cap.mount.fs_type if kind == "mount" else ""
+    mode = csi_pb2.VolumeCapability.AccessMode.Mode.Name(cap.access_mode.mode) if cap.HasField("access_mode") else ""
+    return kind, fs_type, mode
+
+
+Segments = Mapping[str, str]
+
+
+def _drive_topology(drive: Drive) -> Dict[str, str]:
+    topo = {k: v for k, v in drive.topology.items() if k.startswith(PREFIX)}
+    topo[TOPOLOGY_NODE] = drive.node
+    return topo
+
+
+def _matches(drive: Drive, segments: Segments) -> bool:
+    topo = _drive_topology(drive)
+    return all(topo.get(k) == v for k, v in segments.items())
+
+
+class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
+    def __init__(self, store: Store, *, default_size: int = DEFAULT_VOLUME_SIZE,
+                 on_delete: Optional[Callable[[Volume], None]] = None) -> None:
+        self.store = store
+        self.default_size = default_size
+        self.on_delete = on_delete  # standalone: let the node purge the volume's directory
+        self.inflight = InFlight()
+        self._claim_locks: Dict[str, threading.Lock] = {}
+        self._claim_guard = threading.Lock()
+
+    # ---------------------------------------------------------------- helpers
+    def _drives_for(self, segments: Segments) -> List[Drive]:
+        node = segments.get(TOPOLOGY_NODE)
+        drives = self.store.list_drives(node) if node is not None else self.store.list_drives()
+        if len(segments) == (1 if node is not None else 0):
+            return list(drives)
+        return [d for d in drives if _matches(d, segments)]
+
+    def _tiers(self, req: Optional[csi_pb2.TopologyRequirement]) -> List[Segments]:
+        """Topology segments in the order they are tried (an empty dict = every drive)."""
+        if req is None:
+            return [{}]
+        preferred = [dict(t.segments) for t in req.preferred]
+        requisite = [dict(t.segments) for t in req.requisite]
+        tiers: List[Segments] = list(preferred)
+        rest = [s for s in requisite if s not in preferred] if requisite else [{}]
+        tiers.extend(rest)
+        return tiers or [{}]
+
+    def _claim_lock(self, claim: str) -> threading.Lock:
+        with self._claim_guard:
+            return self._claim_locks.setdefault(claim, threading.Lock())
+
+    def _claimed(self, claim: str, drives: Iterable[Drive]) -> Set[str]:
+        """Drive ids among ``drives`` that already hold a volume of ``claim``."""
+        out: Set[str] = set()
+        for d in drives:
+            if d.volume_count and any(v.parameters.get(PARAM_CLAIM) == claim
+                                      for v in self.store.list_volumes(drive_id=d.drive_id)):
+                out.add(d.drive_id)
+        return out
+
+    def _volume_message(self, vol: Volume) -> csi_pb2.Volume:
+        topo: Dict[str, str] = {TOPOLOGY_NODE: vol.node}
+        drive = self.store.get_drive(vol.drive_id)
+        if drive is not None:
+            topo.update(_drive_topology(drive))
+        return csi_pb2.Volume(
+            volume_id=vol.name,
+            capacity_bytes=vol.size,
+            volume_context={CONTEXT_DRIVE_ID: vol.drive_id, CONTEXT_NODE: vol.node},
+            accessible_topology=[csi_pb2.Topology(segments=topo)],
+        )
+
+    def _place(self, name: str, request: Request, parameters: Dict[str, str], tiers: Sequence[Segments]) -> Volume:
+        refusals: List[Refusal] = []
+        lost: Set[str] = set()
+        attempts = 0
+        for segments in tiers:
+            while True:
+                drives = [d for d in self._drives_for(segments) if d.drive_id not in lost]
+                claimed = self._claimed(request.claim, drives) if request.claim else set()
+                decision = choose(drives, request, claimed)
+                if decision.drive is None:
+                    seen = {r.drive_id for r in refusals}
+                    refusals.extend(r for r in decision.refusals if r.drive_id not in seen)
+                    break
+                attempts += 1
+                try:
+                    return self.store.reserve_volume(Volume(
+                        name=name, drive_id=decision.drive.drive_id, node=decision.drive.node,
+                        size=request.size, project_id=0, parameters=parameters,
+                    ))
+                except Conflict as exc:
+                    if attempts >= MAX_RESERVE_ATTEMPTS:
+                        raise ResourceExhausted(
+                            f"volume {name}: gave up after {attempts} lost reservation races ({exc.message})",
+                            "retry: drives are being filled concurrently",
+                        ) from exc
+                    fresh = self.store.get_drive(decision.drive.drive_id)
+                    if fresh is None or refusal_reason(fresh, request, claimed):
+                        lost.add(decision.drive.drive_id)
+                        if fresh is not None:
+                            refusals.append(Refusal(fresh.drive_id, fresh.node,
+                                                    refusal_reason(fresh, request, claimed)))
+        where = "" if tiers == [{}] else " on the requested topology"
+        raise ResourceExhausted(
+            f"no drive can hold volume {name} ({format_size(request.size)}){where}: {summarize(refusals)}",
+            "add or free drives on those nodes, uncordon drives, or relax the StorageClass parameters",
+        )
+
+    # ---------------------------------------------------------------- RPCs
+    @rpc
+    def CreateVolume(self, request: csi_pb2.CreateVolumeRequest,
+                     context: grpc.ServicerContext) -> csi_pb2.CreateVolumeResponse:
+        name = check_volume_name(request.name)
+        check_capabilities([capability_of(c) for c in request.volume_capabilities])
+        if request.HasField("volume_content_source"):
+            raise InvalidArgument(f"volume {name}: a content source (snapshot or clone) is not supported",
+                                  "create an empty volume")
+        required = request.capacity_range.required_bytes
+        limit = request.capacity_range.limit_bytes
+        size = volume_size(required, limit, self.default_size)
+        parameters = dict(request.parameters)
+        sched = parse_parameters(parameters, size)
+
+        existing = self.store.get_volume(name)
+        if existing is not None:
+            return csi_pb2.CreateVolumeResponse(volume=self._volume_message(
+                self._compatible(existing, required, limit, parameters, request)))
+
+        tiers = self._tiers(request.accessibility_requirements
+                            if request.HasField("accessibility_requirements") else None)
+        if sched.claim:
+            with self._claim_lock(sched.claim):
+                vol = self._place(name, sched, parameters, tiers)
+        else:
+            vol = self._place(name, sched, parameters, tiers)
+        if vol.size != size or vol.parameters != parameters:  # lost a same-name race to another request
+            vol = self._compatible(vol, required, limit, parameters, request)
+        return csi_pb2.CreateVolumeResponse(volume=self._volume_message(vol))
+
+    def _compatible(self, vol: Volume, required: int, limit: int, parameters: Dict[str, str],
+                    request: csi_pb2.CreateVolumeRequest) -> Volume:
+        if not size_fits(vol.size, required, limit):
+            raise AlreadyExists(
+                f"volume {vol.name} exists with {vol.size} bytes, outside the requested range {required}..{limit}",
+                "use another name, or repeat the original request")
+        if vol.parameters != parameters:
+            raise AlreadyExists(f"volume {vol.name} exists with other parameters ({vol.parameters})",
+                                "use another name, or repeat the original request")
+        if request.HasField("accessibility_requirements") and request.accessibility_requirements.requisite:
+            drive = self.store.get_drive(vol.drive_id)
+            node_only = Drive(drive_id=vol.drive_id, node=vol.node, name="", total=0)
+            if not any(_matches(drive or node_only, t.segments) for t in request.accessibility_requirements.requisite):
+                raise AlreadyExists(f"volume {vol.name} exists on node {vol.node}, outside the requisite topology",
+                                    "use another name, or repeat the original request")
+        return vol
+
+    @rpc
+    def DeleteVolume(self, request: csi_pb2.DeleteVolumeRequest,
+                     context: grpc.ServicerContext) -> csi_pb2.DeleteVolumeResponse:
+        name = check_required(request.volume_id, "volume_id")
+        with self.inflight.hold(name):
+            vol = self.store.get_volume(name)
+            if vol is None:
+                return csi_pb2.DeleteVolumeResponse()
+            if vol.staging_path or vol.target_paths:
+                where = ", ".join(([f"staged at {vol.staging_path}"] if vol.staging_path else [])
+                                  + [f"published at {p}" for p in vol.target_paths])
+                raise FailedPrecondition(f"volume {name} is in use on node {vol.node}: {where}",
+                                         "unpublish and unstage it first (delete the pod using it)")
+            deleted = self.store.delete_volume(name)
+            if deleted is not None and self.on_delete is not None:
+                self.on_delete(deleted)
+        return csi_pb2.DeleteVolumeResponse()
+
+    @rpc
+    def ControllerExpandVolume(self, request: csi_pb2.ControllerExpandVolumeRequest,
+                               context: grpc.ServicerContext) -> csi_pb2.ControllerExpandVolumeResponse:
+        name = check_required(request.volume_id, "volume_id")
+        if not request.HasField("capacity_range"):
+            raise InvalidArgument(f"volume {name}: capacity range is missing", "pass required_bytes for the new size")
+        if request.HasField("volume_capability"):
+            check_capabilities([capability_of(request.volume_capability)])
+        with self.inflight.hold(name):
+            vol = self.store.get_volume(name)
+            if vol is None:
+                raise NotFound(f"volume {name} not found", "check the volume id")
+            new = check_expand(request.capacity_range.required_bytes, request.capacity_range.limit_bytes, vol.size)
+            vol = self.store.expand_volume(name, new)
+        return csi_pb2.ControllerExpandVolumeResponse(capacity_bytes=vol.size, node_expansion_required=True)
+
+    @rpc
+    def ValidateVolumeCapabilities(self, request: csi_pb2.ValidateVolumeCapabilitiesRequest,
+                                   context: grpc.ServicerContext) -> csi_pb2.ValidateVolumeCapabilitiesResponse:
+        name = check_required(request.volume_id, "volume_id")
+        if not request.volume_capabilities:
+            raise InvalidArgument("volume capabilities are missing", "pass at least one volume capability")
+        if self.store.get_volume(name) is None:
+            raise NotFound(f"volume {name} not found", "check the volume id")
+        for cap in request.volume_capabilities:
+            problem = capability_problem(capability_of(cap))
+            if problem:
+                return csi_pb2.ValidateVolumeCapabilitiesResponse(message=f"{problem[0]}; {problem[1]}")
+        if request.parameters:
+            try:
+                parse_parameters(dict(request.parameters), 1)
+            except InvalidArgument as exc:
+                return csi_pb2.ValidateVolumeCapabilitiesResponse(message=str(exc))
+        confirmed = csi_pb2.ValidateVolumeCapabilitiesResponse.Confirmed(
+            volume_context=request.volume_context,
+            volume_capabilities=request.volume_capabilities,
+            parameters=request.parameters,
+            mutable_parameters=request.mutable_parameters,
+        )
+        return csi_pb2.ValidateVolumeCapabilitiesResponse(confirmed=confirmed)
+
+    @rpc
+    def ListVolumes(self, request: csi_pb2.ListVolumesRequest,
+                    context: grpc.ServicerContext) -> csi_pb2.ListVolumesResponse:
+        if request.max_entries < 0:
+            raise InvalidArgument(f"max_entries {request.max_entries} is negative", "pass 0 (all) or a positive number")
+        after = ""
+        if request.starting_token:
+            token = request.starting_token
+            if not token.startswith(TOKEN_PREFIX) or len(token) == len(TOKEN_PREFIX):
+                raise Aborted(f"starting_token {token!r} was not issued by this plugin",
+                              "restart the listing without a token")
+            after = token[len(TOKEN_PREFIX):]
+        limit = request.max_entries
+        vols = self.store.list_volumes(start_after=after, limit=limit + 1 if limit else 0)
+        next_token = ""
+        if limit and len(vols) > limit:
+            vols = vols[:limit]
+            next_token = TOKEN_PREFIX + vols[-1].name
+        return csi_pb2.ListVolumesResponse(
+            entries=[csi_pb2.ListVolumesResponse.Entry(volume=self._volume_message(v)) for v in vols],
+            next_token=next_token,
+        )
+
+    @rpc
+    def GetCapacity(self, request: csi_pb2.GetCapacityRequest,
+                    context: grpc.ServicerContext) -> csi_pb2.GetCapacityResponse:
+        for cap in request.volume_capabilities:
+            if capability_problem(capability_of(cap)):
+                return csi_pb2.GetCapacityResponse(available_capacity=0)
+        sched = parse_parameters(dict(request.parameters), 0)
+        segments = dict(request.accessible_topology.segments) if request.HasField("accessible_topology") else {}
+        total, largest = capacity(self._drives_for(segments), sched)
+        resp = csi_pb2.GetCapacityResponse(available_capacity=total)
+        resp.maximum_volume_size.value = largest
+        return resp
+
+    @rpc
+    def ControllerGetCapabilities(self, request: csi_pb2.ControllerGetCapabilitiesRequest,
+                                  context: grpc.ServicerContext) -> csi_pb2.ControllerGetCapabilitiesResponse:
+        return csi_pb2.ControllerGetCapabilitiesResponse(capabilities=[
+            csi_pb2.ControllerServiceCapability(rpc=_RPC(type=t)) for t in CAPABILITIES
+        ])
+
+
+def capacity(drives: Iterable[Drive], request: Request) -> Tuple[int, int]:
+    """(total free, largest single free) of the Ready, schedulable drives that match ``request``
+    (tier and labels; the size is ignored)."""
+    total = largest = 0
+    probe = Request(size=0, access_tier=request.access_tier, labels=request.labels)
+    for d in drives:
+        if d.status != DRIVE_READY or not d.schedulable or refusal_reason(d, probe):
+            continue
+        total += d.free
+        largest = max(largest, d.free)
+    return total, largest
