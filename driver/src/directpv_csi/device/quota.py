@@ -123,6 +123,8 @@ def _open_dir(directory: str) -> int:
     except FileNotFoundError:
         raise NotFound(f"directory {directory} does not exist", "create the volume directory first") from None
     except NotADirectoryError:
+        if os.path.islink(directory):
+            raise InvalidArgument(f"{directory} is a symlink", "give the real directory path") from None
         raise InvalidArgument(f"{directory} is not a directory", "project IDs are set on volume directories") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
@@ -181,6 +183,11 @@ def set_project(directory: str, project_id: int) -> None:
                 raise FailedPrecondition(
                     f"{directory}: not permitted to set project ID {project_id} ({e.strerror})",
                     "run as root in the host's user namespace",
+                ) from None
+            if e.errno in (errno.ENOTTY, errno.EOPNOTSUPP):
+                raise Unsupported(
+                    f"{directory}: the filesystem does not support project IDs ({e.strerror})",
+                    "volume directories must live on an XFS drive",
                 ) from None
             if e.errno == errno.EINVAL:
                 raise InvalidArgument(
