@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Callable, Iterator, List
 
 import pytest
-
-from conftest import needs_root, needs_tool
 from directpv_csi.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from directpv_csi.device import mount as m
+
+from conftest import needs_root, needs_tool
 
 pytestmark = needs_root
 

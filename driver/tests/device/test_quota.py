@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-
-from conftest import needs_root, needs_tool
 from directpv_csi.core.errors import InvalidArgument, NotFound, Unsupported
 from directpv_csi.device import mount as m
 from directpv_csi.device import quota as q
+
+from conftest import needs_root, needs_tool
 
 BAD_IDS = [0, -1, 2**32 - 1, 2**32, True, "7", 1.5]
 
@@ -29,8 +29,8 @@ def test_constants_match_the_kernel_headers() -> None:
     assert q._qcmd(q.Q_XGETQUOTA, q.PRJQUOTA) == 0x580302
     assert q._qcmd(q.Q_XGETQSTAT, q.PRJQUOTA) == 0x580502
     # _IOR('X', 31, struct fsxattr) / _IOW('X', 32, struct fsxattr)
-    assert q.FS_IOC_FSGETXATTR == (2 << 30) | (28 << 16) | (ord("X") << 8) | 31
-    assert q.FS_IOC_FSSETXATTR == (1 << 30) | (28 << 16) | (ord("X") << 8) | 32
+    assert (2 << 30) | (28 << 16) | (ord("X") << 8) | 31 == q.FS_IOC_FSGETXATTR
+    assert (1 << 30) | (28 << 16) | (ord("X") << 8) | 32 == q.FS_IOC_FSSETXATTR
 
 
 def test_blocks_round_up() -> None:

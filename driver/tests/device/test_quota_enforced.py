@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-
 from directpv_csi.device import mount as m
 from directpv_csi.device import quota as q
 
@@ -94,11 +93,10 @@ def test_write_past_limit_fails_then_raising_it_lets_writes_continue(quota_drive
     assert first >= 4 * MiB, "the limit stopped writes far too early"
     used = q.get_quota(quota_drive, 12)
     assert 0 < used.bytes_used <= 8 * MiB
-    with pytest.raises(OSError) as exc:
-        with open(f, "ab") as fh:
-            fh.write(b"x" * MiB)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with pytest.raises(OSError) as exc, open(f, "ab") as fh:
+        fh.write(b"x" * MiB)
+        fh.flush()
+        os.fsync(fh.fileno())
     assert exc.value.errno in FULL
     q.set_limits(quota_drive, 12, 32 * MiB)
     more = _write(f, 8 * MiB)

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator
 
 import pytest
-
-from conftest import FIXTURES, needs_tool
 from directpv_csi.core.errors import InvalidArgument, NotFound
 from directpv_csi.device.superblock import crc32c, parse_xfs_superblock, read_xfs_superblock
+
+from conftest import FIXTURES, needs_tool
 
 SB = FIXTURES / "superblock"
 EXPECTED: Dict[str, Dict[str, Any]] = json.loads((SB / "expected.json").read_text())
