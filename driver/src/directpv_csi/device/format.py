@@ -36,7 +36,15 @@ import uuid as _uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from ..core.errors import Aborted, CommandFailed, DeviceRefused, FailedPrecondition, InvalidArgument, Unsupported
+from ..core.errors import (
+    Aborted,
+    CommandFailed,
+    DeviceRefused,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unsupported,
+)
 from ..core.identity import hardware_id, state_token
 from ..core.judge import DEFAULT_MIN_SIZE, OUR_LABEL, JudgePolicy, judge
 from ..core.models import REASON_MOUNTED, REASON_OURS, Device, Reason
@@ -168,19 +176,42 @@ def _describe(dev: Device) -> str:
     return " ".join(parts)
 
 
+# What to do about each never-allowed reason (force does not override these).
+_REMEDY = {
+    "mounted": "unmount it",
+    "held": "remove what holds it (LVM volume group, md array, dm mapping)",
+    "swap": "swapoff it",
+    "root-disk": "it holds the system's own filesystems: choose another device",
+    "read-only": "make it writable",
+    "cdrom": "choose another device",
+    "hidden": "choose another device",
+    "not-a-disk": "choose a disk or partition",
+    "too-small": "choose a larger device (or lower min_size)",
+    "loop": "set allow_loop to use loop devices",
+    "removable": "allow removable devices",
+    "partitioned": "format one of its partitions instead",
+    REASON_OURS: "it already is a DirectPV drive",
+}
+
+
 def _refuse(dev: Device, reasons: Sequence[Reason], forceable_only: bool) -> DeviceRefused:
     what = "; ".join(r.text for r in reasons)
+    codes = tuple(r.code for r in reasons)
     if forceable_only:
         return DeviceRefused(
             f"refusing to format {dev.dev_path}: {what}",
             f"formatting destroys what is on {dev.dev_path}; set force to format it anyway",
-            tuple(r.code for r in reasons),
+            codes,
         )
+    remedies: List[str] = []
+    for code in codes:
+        r = _REMEDY.get(code, "choose another device")
+        if r not in remedies:
+            remedies.append(r)
     return DeviceRefused(
         f"refusing to format {dev.dev_path}: {what}",
-        "force does not override this: free the device first (unmount it, swapoff, remove its holders) "
-        "or choose another device",
-        tuple(r.code for r in reasons),
+        "force does not override this: " + "; ".join(remedies),
+        codes,
     )
 
 
@@ -412,7 +443,12 @@ def execute_format(plan: FormatPlan) -> FormattedDrive:
     """Run a plan: recheck the state token, mkfs.xfs, write and fsync the metadata file,
     read the capacity back from the superblock. An adoption runs no mkfs; it reads the
     metadata (and writes it if it is missing: a format interrupted before it was written)."""
-    fd = _lock_device(plan.device.dev_path)
+    if not isinstance(plan, FormatPlan):
+        raise InvalidArgument(f"not a FormatPlan: {type(plan).__name__}", "pass what plan_format returned")
+    try:
+        fd = _lock_device(plan.device.dev_path)
+    except FileNotFoundError:
+        raise NotFound(f"device {plan.device.dev_path} disappeared since it was planned", "re-run discovery") from None
     try:
         dev = _recheck(plan)
         if plan.adopt:
@@ -438,6 +474,7 @@ def execute_format(plan: FormatPlan) -> FormattedDrive:
                 f"{dev.dev_path}: superblock UUID {sb.uuid} is not the drive id {plan.drive_id} after mkfs.xfs",
                 "the device was changed by someone else during the format; inspect it before use",
             )
+        dev = dataclasses.replace(dev, fs_type="xfs", fs_uuid=sb.uuid, fs_label=sb.label)
         return FormattedDrive(plan.drive_id, dev, sb.uuid, sb.capacity, meta, adopted=False, superblock=sb)
     finally:
         os.close(fd)
