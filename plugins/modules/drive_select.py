@@ -37,7 +37,7 @@ options:
   drives:
     description:
       - Explicit selection. Each entry is a reference string (C(nvme0n1), C(/dev/nvme0n1),
-        C(/dev/disk/by-id/nvme-...), a serial or a WWN) or a mapping C({device: REF, force: true}).
+        C(/dev/disk/by-id/nvme-...), a serial or a WWN) or a mapping with the keys C(device) (a reference) and C(force).
       - C(force) on an entry allows formatting that device over an existing filesystem or partition table.
     type: list
     elements: raw
