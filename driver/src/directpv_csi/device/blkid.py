@@ -57,7 +57,8 @@ def parse_blkid_export(text: str) -> Dict[str, Props]:
 
     def flush() -> None:
         if cur:
-            out[cur.pop("DEVNAME", "")] = dict(cur)
+            name = cur.pop("DEVNAME", "")
+            out[name] = dict(cur)
             cur.clear()
 
     for line in text.splitlines():
