@@ -13,7 +13,6 @@ import time
 from typing import Iterator, List
 
 import pytest
-
 from directpv_csi.core.errors import DeviceRefused
 from directpv_csi.core.judge import JudgePolicy, judge
 from directpv_csi.core.models import REASON_HAS_PARTITION_TABLE, REASON_OURS, REASON_PARTITIONED
