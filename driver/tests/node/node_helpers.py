@@ -46,8 +46,9 @@ def unmount_under(root: Path) -> None:
 
 
 def attach(backing: Path) -> str:
-    return subprocess.run(["losetup", "--find", "--show", str(backing)], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def detach(dev: str) -> None:
@@ -76,8 +77,11 @@ def make_drive(loopdev: Callable[..., str], tmp_path: Path) -> Iterator[Callable
     def make(size: str = "400M") -> OurDrive:
         dev = loopdev(size)
         res = format_drive(dev, allow_loop=True, node="node-a", min_size=300 * 2**20)
-        backing = Path(subprocess.run(["losetup", "--noheadings", "-O", "BACK-FILE", dev], check=True,
-                                      capture_output=True, text=True).stdout.strip())
+        backing = Path(
+            subprocess.run(
+                ["losetup", "--noheadings", "-O", "BACK-FILE", dev], check=True, capture_output=True, text=True
+            ).stdout.strip()
+        )
         return OurDrive(dev=dev, drive_id=res.drive_id, backing=backing)  # type: ignore[union-attr]
 
     make.reattached = extra  # type: ignore[attr-defined]
@@ -111,8 +115,9 @@ def store(tmp_path: Path) -> Iterator[EmbeddedStore]:
 
 @pytest.fixture
 def config(node_env: Dict[str, Path]) -> NodeConfig:
-    return NodeConfig(node_id="node-a", state_dir=node_env["state"], kubelet_dirs=(node_env["kubelet"],),
-                      allow_loop=True)
+    return NodeConfig(
+        node_id="node-a", state_dir=node_env["state"], kubelet_dirs=(node_env["kubelet"],), allow_loop=True
+    )
 
 
 @pytest.fixture
@@ -122,3 +127,76 @@ def registry(config: NodeConfig, store: EmbeddedStore, node_env: Dict[str, Path]
         yield reg
     finally:
         reg.stop()
+
+
+@dataclass
+class NodeServer:
+    """A real gRPC server (unix socket) serving our NodeServicer over real loop drives."""
+
+    stub: object  # csi_pb2_grpc.NodeStub
+    servicer: object  # NodeServicer
+    store: EmbeddedStore
+    registry: DriveRegistry
+    config: NodeConfig
+    drive: OurDrive
+    kubelet: Path
+    root: Path
+    channel: object
+
+    def staging(self, name: str = "vol") -> str:
+        p = self.kubelet / "plugins" / "staging" / name
+        p.mkdir(parents=True, exist_ok=True)
+        return str(p)
+
+    def target(self, name: str = "vol", pod: str = "pod1") -> str:
+        parent = self.kubelet / "pods" / pod / "volumes"
+        parent.mkdir(parents=True, exist_ok=True)
+        return str(parent / name)
+
+    def volume(self, name: str, size: int = 64 * 2**20, node: str = "node-a", drive_id: str = "") -> object:
+        from directpv_csi.core.models import Volume
+
+        return self.store.reserve_volume(
+            Volume(name=name, drive_id=drive_id or self.drive.drive_id, node=node, size=size, project_id=0)
+        )
+
+
+@pytest.fixture
+def node_server(
+    config: NodeConfig,
+    store: EmbeddedStore,
+    registry: DriveRegistry,
+    make_drive: Callable[..., OurDrive],
+    node_env: Dict[str, Path],
+) -> Iterator[NodeServer]:
+    import shutil
+    import tempfile
+
+    import grpc
+    from directpv_csi.csi.node import NodeServicer
+    from directpv_csi.csi.proto import csi_pb2_grpc
+    from directpv_csi.csi.server import create_server
+
+    drive = make_drive()
+    registry.sync()
+    servicer = NodeServicer(config, store, registry)
+    sockdir = tempfile.mkdtemp(prefix="dpv-node-")  # short: unix socket paths are limited to 107 bytes
+    server, address = create_server(f"unix://{sockdir}/csi.sock", servicer, max_workers=8)
+    channel = grpc.insecure_channel(address)
+    try:
+        yield NodeServer(
+            stub=csi_pb2_grpc.NodeStub(channel),
+            servicer=servicer,
+            store=store,
+            registry=registry,
+            config=config,
+            drive=drive,
+            kubelet=node_env["kubelet"],
+            root=node_env["root"],
+            channel=channel,
+        )
+    finally:
+        channel.close()
+        server.stop(None).wait()
+        shutil.rmtree(sockdir, ignore_errors=True)
+        unmount_under(node_env["root"])
