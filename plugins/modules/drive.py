@@ -170,6 +170,8 @@ from ansible_collections.directpv.csi.plugins.module_utils._directpv.device.form
 from ansible_collections.directpv.csi.plugins.module_utils._directpv.device.probe import probe_one
 
 WIPE = ["wipefs", "--all", "--types", "xfs"]
+# Hidden entries the driver keeps at a drive's root (node/volumes.py): never volumes, never user data.
+OUR_ENTRIES = (META_DIR, ".deleted")
 
 
 def argspec() -> Dict[str, Any]:
@@ -276,7 +278,7 @@ def drive_content(dev: Device) -> Tuple[List[str], List[str]]:
     with mounted_ro(dev) as root:
         entries = sorted(os.listdir(root))
         volumes = [e for e in entries if not e.startswith(".") and os.path.isdir(os.path.join(root, e))]
-        other = [e for e in entries if e != META_DIR and e not in volumes]
+        other = [e for e in entries if e not in OUR_ENTRIES and e not in volumes]
     return volumes, other
 
 
