@@ -171,6 +171,9 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
                         if fresh is not None:
                             refusals.append(Refusal(fresh.drive_id, fresh.node,
                                                     refusal_reason(fresh, request, claimed)))
+        raced = self.store.get_volume(name)  # a concurrent call with the same name may have won
+        if raced is not None:
+            return raced
         where = "" if tiers == [{}] else " on the requested topology"
         raise ResourceExhausted(
             f"no drive can hold volume {name} ({format_size(request.size)}){where}: {summarize(refusals)}",
