@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import sys
-from typing import Any, List
+from typing import Any, Dict, List, Sequence
 
 HELP = "serve the CSI Identity, Controller and Node services for this host (embedded store)"
 
@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL",
                    help="SQLite durability: FULL (default, survives power loss) or NORMAL (survives kill -9)")
     p.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    p.add_argument("--device", action="append", default=[], metavar="DEV",
+                   help="serve only these devices (repeatable; default: every drive formatted by us)")
     p.add_argument("--no-node", action="store_true",
                    help="serve Identity and Controller only (no drive registry, no Node service)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -45,19 +47,18 @@ def build(args: argparse.Namespace) -> Any:
 
     from ..csi.controller import ControllerServicer
     from ..csi.identity import IdentityServicer
+    from ..csi.node import NodeServicer
+    from ..node.config import NodeConfig
+    from ..node.registry import DriveRegistry
     from ..store.embedded import EmbeddedStore
 
     state = Path(os.path.abspath(args.state_dir))
     state.mkdir(parents=True, exist_ok=True)
     store = EmbeddedStore(str(state / "store.sqlite"), synchronous=args.synchronous)
     controller = ControllerServicer(store)
-    if args.no_node or not _node_available():
+    if args.no_node:
         identity = IdentityServicer([("store", store.ping)])
         return store, None, [identity, controller], identity
-
-    from ..csi.node import NodeServicer  # type: ignore[import-not-found,unused-ignore]
-    from ..node.config import NodeConfig
-    from ..node.registry import DriveRegistry
 
     kubelet_dirs = tuple(Path(d) for d in args.kubelet_dir) or (Path("/var/lib/kubelet"),)
     config = NodeConfig(
@@ -67,8 +68,9 @@ def build(args: argparse.Namespace) -> Any:
         allow_loop=args.allow_loop,
         max_volumes_per_node=args.max_volumes_per_node,
     )
-    registry = DriveRegistry(config, store)
+    registry = DriveRegistry(config, store, probe=_device_filter(args.device) if args.device else None)
     node = NodeServicer(config, store, registry)
+    controller.inflight = registry.inflight  # one in-flight table per volume for controller and node
     identity = IdentityServicer([
         ("store", store.ping),
         ("drive registry synced", lambda: bool(getattr(registry, "synced_once", False))),
@@ -76,11 +78,16 @@ def build(args: argparse.Namespace) -> Any:
     return store, registry, [identity, controller, node], identity
 
 
-def _node_available() -> bool:
-    # TEMPORARY while csi/node.py is being written by its owner; removed once it lands.
-    import importlib.util
+def _device_filter(devices: List[str]) -> Any:
+    """A probe for the drive registry that sees only ``devices`` (paths or kernel names)."""
+    from ..node.registry import default_probe
 
-    return importlib.util.find_spec("directpv_csi.csi.node") is not None
+    names = {os.path.basename(os.path.realpath(d if d.startswith("/") else "/dev/" + d)) for d in devices}
+
+    def probe(errors: Dict[str, str]) -> Sequence[Any]:
+        return [d for d in default_probe(errors) if d.name in names]
+
+    return probe
 
 
 def run(args: argparse.Namespace) -> int:
