@@ -404,19 +404,24 @@ def mount_drive(device: Union[str, Device], target: str, quota: bool = True) -> 
     else:
         os.makedirs(target, mode=0o755, exist_ok=True)
     message = ""
-    quota_on = False
+    tried_quota = False
     if quota:
         try:
             mount(dev, target, "xfs", flags=MS_NOATIME, data="prjquota")
-            quota_on = True
+            tried_quota = True
         except MountError as e:
             if e.errno != errno.EINVAL:
                 raise
             message = NO_QUOTA_MESSAGE
-    if not quota_on:
+    if not tried_quota:
         mount(dev, target, "xfs", flags=MS_NOATIME)
     set_xfs_fail_fast(os.path.basename(os.path.realpath(dev)))
     m = _mount_at(target)
+    # What the kernel reports decides: a filesystem already mounted elsewhere without
+    # prjquota is shared as it is, whatever this mount asked for.
+    quota_on = m is not None and _has_prjquota(m)
+    if tried_quota and not quota_on:
+        message = "mounted without prjquota: the filesystem is already mounted elsewhere without it"
     return MountResult(
         target=target,
         device=dev,

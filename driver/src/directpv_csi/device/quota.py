@@ -89,11 +89,11 @@ def _qcmd(cmd: int, qtype: int) -> int:
 class ProjectQuota:
     """Limits and usage of one project, in bytes and inodes (0 limit: none)."""
 
-    project_id: int
     bytes_limit: int
     bytes_used: int
     inodes_limit: int
     inodes_used: int
+    project_id: int = 0
     bytes_soft_limit: int = 0
     inodes_soft_limit: int = 0
 
@@ -337,7 +337,7 @@ def get_quota(mountpoint: str, project_id: int) -> ProjectQuota:
     try:
         _quotactl(Q_XGETQUOTA, _block_device(m), project_id, buf, mountpoint)
     except NotFound:
-        return ProjectQuota(project_id, 0, 0, 0, 0)
+        return ProjectQuota(0, 0, 0, 0, project_id=project_id)
     f = _DQ.unpack(buf.raw)
     blk_hard, blk_soft, ino_hard, ino_soft, bcount, icount = f[4:10]
     return ProjectQuota(
