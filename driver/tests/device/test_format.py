@@ -284,6 +284,7 @@ def test_format_then_adopt_is_idempotent(loopdev: Callable[..., str], mounts_mad
     adopted = fmt.execute_format(again)
     assert adopted.adopted and adopted.drive_id == done.drive_id
     assert adopted.metadata == meta and adopted.capacity == done.capacity
+    assert done.metadata_written and not adopted.metadata_written
     assert read_xfs_superblock(dev).uuid == done.drive_id
     assert my_mounts(dev) == []
 
@@ -308,7 +309,7 @@ def test_adopt_writes_missing_metadata(loopdev: Callable[..., str], mounts_made:
     drive_id = str(uuid.uuid4())
     subprocess.run(["mkfs.xfs", "-q", "-m", f"uuid={drive_id}", "-L", "DIRECTPV", dev], check=True)
     adopted = fmt.execute_format(fmt.plan_format(dev, allow_loop=True, owner="c1"))
-    assert adopted.adopted and adopted.drive_id == drive_id
+    assert adopted.adopted and adopted.drive_id == drive_id and adopted.metadata_written
     mp = mounts_made(dev)
     meta = fmt.read_metadata(mp)
     assert meta is not None and meta["drive_id"] == drive_id and meta["owner"] == "c1"

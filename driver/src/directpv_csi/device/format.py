@@ -105,6 +105,7 @@ class FormattedDrive:
     metadata: Dict[str, Any] = field(default_factory=dict)
     adopted: bool = False
     superblock: Optional[XfsSuperblock] = None
+    metadata_written: bool = False  # True after a format, or an adoption that wrote missing meta.json
 
 
 # --- tool probing (once per process) ------------------------------------------------------
@@ -452,17 +453,21 @@ def execute_format(plan: FormatPlan) -> FormattedDrive:
     try:
         dev = _recheck(plan)
         if plan.adopt:
+            wrote: List[bool] = []
 
             def adopt(mp: str) -> Dict[str, Any]:
                 meta = read_metadata(mp)
                 if meta is None:
                     meta = dict(plan.metadata, formatted_at="", adopted_at=_now())
                     write_metadata(mp, meta)
+                    wrote.append(True)
                 return meta
 
             meta = _with_mounted(dev, adopt)
             sb = read_xfs_superblock(dev.dev_path)
-            return FormattedDrive(sb.uuid, dev, sb.uuid, sb.capacity, meta, adopted=True, superblock=sb)
+            return FormattedDrive(
+                sb.uuid, dev, sb.uuid, sb.capacity, meta, adopted=True, superblock=sb, metadata_written=bool(wrote)
+            )
         for cmd in plan.commands:
             exe = shutil.which(cmd[0]) or cmd[0]
             _run([exe, *cmd[1:]])
@@ -475,7 +480,9 @@ def execute_format(plan: FormatPlan) -> FormattedDrive:
                 "the device was changed by someone else during the format; inspect it before use",
             )
         dev = dataclasses.replace(dev, fs_type="xfs", fs_uuid=sb.uuid, fs_label=sb.label)
-        return FormattedDrive(plan.drive_id, dev, sb.uuid, sb.capacity, meta, adopted=False, superblock=sb)
+        return FormattedDrive(
+            plan.drive_id, dev, sb.uuid, sb.capacity, meta, adopted=False, superblock=sb, metadata_written=True
+        )
     finally:
         os.close(fd)
 
