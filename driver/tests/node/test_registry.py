@@ -196,3 +196,35 @@ def test_background_loop_notices_a_new_drive(
         time.sleep(0.05)
     assert registry.drive_mount(a.drive_id) is not None
     registry.stop()
+
+
+def test_only_drives_limits_the_registry(
+    store: EmbeddedStore, make_drive: Callable[..., OurDrive], node_env: Dict[str, Path]
+) -> None:
+    from directpv_csi.node.config import NodeConfig
+
+    a, b = make_drive(), make_drive()
+    cfg = NodeConfig(node_id="node-a", state_dir=node_env["state"], kubelet_dirs=(node_env["kubelet"],),
+                     allow_loop=True, only_drives=(b.drive_id.upper(),))
+    reg = DriveRegistry(cfg, store, probe=only_under(node_env["root"]))
+    assert [d.drive_id for d in reg.sync()] == [b.drive_id]
+    assert store.get_drive(a.drive_id) is None and reg.drive_mount(a.drive_id) is None
+
+
+def test_release_volume_now(registry: DriveRegistry, store: EmbeddedStore, make_drive: Callable[..., OurDrive]) -> None:
+    a = make_drive()
+    registry.sync()
+    mp = registry.drive_mount(a.drive_id)
+    assert mp is not None
+    v = store.reserve_volume(Volume(name="pvc-now", drive_id=a.drive_id, node="node-a", size=2**20, project_id=0))
+    (mp / "pvc-now").mkdir()
+    assert not registry.release_volume(v)  # the record still exists
+    assert (mp / "pvc-now").is_dir()
+    deleted = store.delete_volume("pvc-now")
+    assert deleted is not None
+    assert registry.inflight.try_acquire("pvc-now")  # a node call holds it: left for gc
+    assert not registry.release_volume(deleted)
+    registry.inflight.release("pvc-now")
+    assert registry.release_volume(deleted)
+    assert not (mp / "pvc-now").exists()
+    assert not registry.release_volume(deleted)  # already gone

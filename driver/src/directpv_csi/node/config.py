@@ -27,6 +27,9 @@ class NodeConfig:
     allow_loop: bool = False
     max_volumes_per_node: int = 0
     require_quota: bool = False
+    # Only these drive ids (filesystem UUIDs) are used by this node, when given: lets a
+    # standalone demo or test claim exactly the drives it formatted on a shared host.
+    only_drives: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -41,6 +44,7 @@ class NodeConfig:
             raise InvalidArgument("max volumes per node is negative", "give 0 (no limit) or a positive count")
         object.__setattr__(self, "state_dir", Path(os.path.normpath(self.state_dir)))
         object.__setattr__(self, "kubelet_dirs", roots)
+        object.__setattr__(self, "only_drives", tuple(d.lower() for d in self.only_drives))
         if not self.topology:
             object.__setattr__(self, "topology", {TOPOLOGY_NODE_KEY: self.node_id})
 
@@ -62,7 +66,11 @@ class NodeConfig:
         if ".." in path.split("/"):
             return False
         norm = os.path.normpath(path)
-        return any(norm.startswith(str(root).rstrip("/") + "/") for root in self.kubelet_dirs)
+        if not any(norm.startswith(str(root).rstrip("/") + "/") for root in self.kubelet_dirs):
+            return False
+        # a symlink inside a kubelet dir must not lead the mount elsewhere
+        real = os.path.realpath(norm)
+        return any(real.startswith(os.path.realpath(root).rstrip("/") + "/") for root in self.kubelet_dirs)
 
     def check_path(self, path: str, what: str) -> str:
         """``path`` normalised, or InvalidArgument naming ``what`` and the allowed roots."""

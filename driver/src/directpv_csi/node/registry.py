@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
 from ..core.errors import DirectPVError
-from ..core.models import DRIVE_ERROR, DRIVE_LOST, DRIVE_READY, DRIVE_REMOVED, Device, Drive
+from ..core.models import DRIVE_ERROR, DRIVE_LOST, DRIVE_READY, DRIVE_REMOVED, Device, Drive, Volume
 from ..csi.inflight import InFlight
 from ..device import mount as _mount
 from ..store.base import Store
@@ -141,7 +141,11 @@ class DriveRegistry:
         found = find_our_drives(devices)
         if not self.config.allow_loop:
             found = [d for d in found if d.transport != "loop" and not d.name.startswith("loop")]
-        return [d for d in found if d.fs_uuid]
+        found = [d for d in found if d.fs_uuid]
+        if self.config.only_drives:
+            wanted = set(self.config.only_drives)
+            found = [d for d in found if d.fs_uuid.lower() in wanted]
+        return found
 
     def _sync_drives(self) -> list[Drive]:
         now = time.time()
@@ -273,6 +277,32 @@ class DriveRegistry:
             log.warning("cannot unmount %s of lost drive %s: %s", target, drive_id, exc)
 
     # --- garbage collection -------------------------------------------------------
+
+    def release_volume(self, volume: Volume) -> bool:
+        """Remove a deleted volume's directory now (the controller's DeleteVolume hook in
+        standalone mode). False when its drive is not mounted here or a node call holds
+        the volume; the periodic ``gc`` then removes it later."""
+        md = self._mounted.get(volume.drive_id)
+        if md is None or volume.node != self.config.node_id:
+            return False
+        if not self.inflight.try_acquire(volume.name):
+            return False
+        try:
+            current = self.store.get_volume(volume.name)
+            if current is not None and current.drive_id == md.drive_id:
+                return False  # recreated meanwhile: it is live again
+            if not _volumes.volume_path(md.mount, volume.name).is_dir():
+                return False
+            pids = {v.project_id for v in self.store.list_volumes(drive_id=md.drive_id)}
+            _volumes.release_volume_dir(md.mount, volume.name, md.quota, pids)
+            log.info("released volume directory %s on drive %s", volume.name, md.drive_id)
+            return True
+        except (DirectPVError, OSError) as exc:
+            log.warning("cannot release volume directory %s on drive %s (gc retries): %s",
+                        volume.name, md.drive_id, exc)
+            return False
+        finally:
+            self.inflight.release(volume.name)
 
     def gc(self) -> list[str]:
         """Remove the directories of volumes released in the store (DeleteVolume). Returns
