@@ -7,11 +7,15 @@ directory under /tmp rather than in pytest's (long) tmp_path.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import grpc
 import pytest
@@ -145,3 +149,87 @@ def rpc_error(fn: Callable[..., Any], *args: Any) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         fn(*args)
     return info.value
+
+
+# --- a real standalone server process -------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[3]
+PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else "python3"
+
+
+class Standalone:
+    """``directpv-csi standalone`` as a child process (the real entry point)."""
+
+    def __init__(self, state_dir: Path, *, devices: Sequence[str] = (), kubelet_dir: Optional[Path] = None,
+                 node_id: str = "test-node", no_node: bool = False, extra: Sequence[str] = ()) -> None:
+        self.state_dir = state_dir
+        self.socket = state_dir / "csi.sock"
+        self.endpoint = "unix://" + str(self.socket)
+        self.args = [PYTHON, "-m", "directpv_csi.cmd.main", "standalone", "--state-dir", str(state_dir),
+                     "--endpoint", self.endpoint, "--node-id", node_id, "--sync-interval", "1"]
+        if no_node:
+            self.args.append("--no-node")
+        else:
+            self.args.append("--allow-loop")
+            for d in devices:
+                self.args += ["--device", d]
+            if kubelet_dir is not None:
+                self.args += ["--kubelet-dir", str(kubelet_dir)]
+        self.args += list(extra)
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.log = state_dir / "standalone.log"
+
+    def start(self, timeout: float = 30.0) -> Standalone:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"standalone exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            if self.socket.exists():
+                with grpc.insecure_channel(self.endpoint) as ch:
+                    try:
+                        if pbg.IdentityStub(ch).Probe(pb.ProbeRequest(), timeout=2).ready.value:
+                            return self
+                    except grpc.RpcError:
+                        pass
+            time.sleep(0.1)
+        raise AssertionError(f"standalone not ready in {timeout} s: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
+
+def unmount_under(root: Path) -> None:
+    """Unmount every mount point under ``root`` (deepest first): only what this test made."""
+    prefix = str(root).rstrip("/") + "/"
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            p = line.split()[4].encode().decode("unicode_escape")
+            if p.startswith(prefix):
+                points.append(p)
+    for p in sorted(set(points), key=len, reverse=True):
+        subprocess.run(["umount", "-l", p], capture_output=True)
+
+
+def format_loop_drive(dev: str) -> str:
+    """Format ``dev`` (a loop device the test made) as one of our drives; returns the drive id."""
+    from directpv_csi.device.format import format_drive
+
+    res = format_drive(dev, allow_loop=True, min_size=300 * MiB)
+    return str(res.drive_id)  # type: ignore[union-attr]
