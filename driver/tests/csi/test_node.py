@@ -449,3 +449,34 @@ def test_no_subprocess_on_the_hot_path(srv: NodeServer, monkeypatch: pytest.Monk
     unpublish(srv, "pvc-hot", target)
     unstage(srv, "pvc-hot", staging)
     assert spawned == []
+
+
+def test_teardown_never_unmounts_another_volume(srv: NodeServer) -> None:
+    srv.volume("pvc-a")
+    srv.volume("pvc-b")
+    sa, sb, tb = srv.staging("pvc-a"), srv.staging("pvc-b"), srv.target("pvc-b")
+    stage(srv, "pvc-a", sa)
+    stage(srv, "pvc-b", sb)
+    publish(srv, "pvc-b", sb, tb)
+    # a confused caller names pvc-a with pvc-b's paths: pvc-b stays mounted
+    unpublish(srv, "pvc-a", tb)
+    unstage(srv, "pvc-a", sb)
+    assert m.is_mountpoint(tb) and m.is_mountpoint(sb)
+    Path(tb, "f").write_text("b is still here")
+    unpublish(srv, "pvc-b", tb)
+    unstage(srv, "pvc-b", sb)
+    unstage(srv, "pvc-a", sa)
+    assert mounts_under(srv.kubelet) == []
+
+
+def test_teardown_after_the_record_is_gone_releases_our_mounts(srv: NodeServer) -> None:
+    srv.volume("pvc-gone")
+    staging, target = srv.staging("pvc-gone"), srv.target("pvc-gone")
+    stage(srv, "pvc-gone", staging)
+    publish(srv, "pvc-gone", staging, target)
+    # the record disappears behind the node's back (the store does not refuse; the controller would)
+    assert srv.store.delete_volume("pvc-gone") is not None
+    assert srv.store.get_volume("pvc-gone") is None
+    unpublish(srv, "pvc-gone", target)
+    unstage(srv, "pvc-gone", staging)
+    assert not os.path.exists(target) and not m.is_mountpoint(staging)

@@ -260,10 +260,11 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                                              "unpublish it first (NodeUnpublishVolume)")
                 if self._shows(staging, md, vol_dir):
                     self._unmount(staging)
-            elif os.path.exists(staging) and (
-                (vol is not None and vol.staging_path == staging) or self._path_is_ours(staging)
-            ):
-                self._unmount(staging)  # drive lost or volume record gone: still release the mount
+            elif vol is not None:
+                if vol.staging_path == staging:
+                    self._unmount(staging)  # drive not mounted here (lost): release the stale bind anyway
+            elif self._path_is_ours(staging):
+                self._unmount(staging)  # record gone: release a bind of one of our drives
             if vol is not None and vol.staging_path == staging:
                 labels = {k: v for k, v in vol.labels.items() if k != LABEL_STAGED_WITH}
                 self._update(vid, status=VOLUME_PENDING, staging_path="", labels=labels)
@@ -341,16 +342,15 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         with self.inflight.hold(vid):
             vol = self.store.get_volume(vid)
             md = self.registry.mounted(vol.drive_id) if vol is not None else None
-            if os.path.lexists(target):
-                ours = False
-                if vol is not None and md is not None:
-                    ours = self._shows(target, md, _volumes.volume_path(md.mount, vol.name))
-                if not ours:
-                    # drive lost (path may not even stat) or record gone: release what is ours
-                    ours = (vol is not None and target in vol.target_paths) or self._path_is_ours(target)
-                if ours:
-                    self._unmount(target)
-                self._remove_target(target)
+            if vol is not None and md is not None:
+                ours = self._shows(target, md, _volumes.volume_path(md.mount, vol.name))
+            elif vol is not None:
+                ours = target in vol.target_paths  # drive lost: the path may not even stat
+            else:
+                ours = self._path_is_ours(target)  # record gone: a bind of one of our drives
+            if ours:
+                self._unmount(target)
+            self._remove_target(target)
             if vol is not None and (target in vol.target_paths or target in vol.read_only_targets):
                 self._update(vid, target_paths=tuple(t for t in vol.target_paths if t != target),
                              read_only_targets=tuple(t for t in vol.read_only_targets if t != target))
