@@ -161,6 +161,7 @@ from ansible_collections.directpv.csi.plugins.module_utils._common import (
     node_name,
     run,
 )
+from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.errors import InvalidArgument
 from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.identity import state_token
 from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.selection import (
     DriveRequest,
@@ -213,10 +214,13 @@ def resolve_paths(requests: List[DriveRequest]) -> Dict[str, str]:
 
 def choose(params: Dict[str, Any]) -> Dict[str, Any]:
     node = node_name(params)
-    requests = parse_requests(params["drives"])
-    if params.get("drives_yaml"):
-        requests += requests_from_drives_yaml(params["drives_yaml"], node)
-    filters = parse_filters(params["filters"])
+    try:
+        requests = parse_requests(params["drives"])
+        if params.get("drives_yaml"):
+            requests += requests_from_drives_yaml(params["drives_yaml"], node)
+        filters = parse_filters(params["filters"])
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"node {node}: {exc.message}", exc.hint) from None
     devices, verdicts = judged(probe(), params)
     selection = select(
         devices,
