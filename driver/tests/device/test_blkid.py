@@ -272,3 +272,46 @@ def test_missing_blkid_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CommandFailed) as info:
         B.run_blkid([str(tmp_path)], blkid=str(tmp_path / "no-blkid"))
     assert "not installed" in info.value.message and info.value.hint
+
+
+def _file_with(tmp_path: Path, name: str, chunks: Dict[int, bytes], size: int = 64 * 2**20) -> Path:
+    img = _image(tmp_path, name, str(size))
+    for off, data in chunks.items():
+        _write(img, off, data)
+    return img
+
+
+def test_probe_device_reads_on_only_when_needed(tmp_path: Path) -> None:
+    """The quick path (8 KiB + md tails) and the full 68 KiB read agree on every kind of head."""
+    fsid = uuid.UUID("11111111-2222-3333-4444-555555555555")
+    btrfs = bytearray(4096)
+    btrfs[32:48] = fsid.bytes
+    btrfs[64:72] = b"_BHRfS_M"
+    u = uuid.UUID("0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9")
+    size = 64 * 2**20
+    cases = {
+        "empty": {},
+        "btrfs": {65536: bytes(btrfs)},
+        "iso": {32769: b"CD001"},
+        "xfs": {0: b"XFSB" + bytes(28) + fsid.bytes},
+        "md10": {0: b"XFSB", B.tail_offsets(size)[0]: _md1_block(u, b"end")},
+        "junk": {9000: b"junk"},
+        "dos": {0: bytes(_mbr(0x11223344, [(0, 0x83, 2048, 4096)]))},
+    }
+    for name, chunks in cases.items():
+        img = _file_with(tmp_path, name + ".img", chunks, size)
+        head, tails = B.read_signature_blocks(str(img), size)
+        assert B.probe_device(str(img), size) == B.detect(head, tails), name
+    assert B.probe_device(str(tmp_path / "btrfs.img"), size)["TYPE"] == "btrfs"  # type: ignore[index]
+    assert B.probe_device(str(tmp_path / "empty.img"), size) is None
+    assert B.probe_device(str(tmp_path / "junk.img"), size) == {"TYPE": B.UNKNOWN}
+
+
+def test_probe_device_small_and_unreadable(tmp_path: Path) -> None:
+    tiny = tmp_path / "tiny.img"
+    tiny.write_bytes(b"XFSB" + bytes(1020))
+    assert B.probe_device(str(tiny), 1024) == {"TYPE": "xfs"}
+    with pytest.raises(OSError):
+        B.probe_device(str(tmp_path), 4096)  # a directory: EISDIR
+    with pytest.raises(OSError):
+        B.probe_device(str(tmp_path / "missing"), 4096)
