@@ -34,18 +34,26 @@ def test_csi_sanity_passes_with_zero_failures(loopdev: Callable[..., str], short
     server = Standalone(short_dir / "state", devices=devs, kubelet_dir=kubelet)
     try:
         server.start()
-        proc = subprocess.run(
-            [str(CSI_SANITY), "--csi.endpoint", server.endpoint,
-             "--csi.stagingdir", str(kubelet / "sanity-staging"), "--csi.mountdir", str(kubelet / "sanity-mount"),
-             "--csi.testvolumesize", str(16 * 2**20), "--csi.testvolumeexpandsize", str(32 * 2**20),
-             "--ginkgo.no-color", "--ginkgo.v", "--ginkgo.timeout", "10m"],
-            capture_output=True, text=True, timeout=900,
-        )
-        out = proc.stdout + proc.stderr
-        summary = re.search(r"(\d+) Passed \| (\d+) Failed", out)
-        assert summary is not None, out[-5000:]
-        passed, failed = int(summary.group(1)), int(summary.group(2))
-        failures = re.findall(r"\[FAIL\].*", out)
+        for attempt in range(3):
+            proc = subprocess.run(
+                [str(CSI_SANITY), "--csi.endpoint", server.endpoint,
+                 "--csi.stagingdir", str(kubelet / "sanity-staging"), "--csi.mountdir", str(kubelet / "sanity-mount"),
+                 "--csi.testvolumesize", str(16 * 2**20), "--csi.testvolumeexpandsize", str(32 * 2**20),
+                 "--ginkgo.no-color", "--ginkgo.v", "--ginkgo.timeout", "10m"],
+                capture_output=True, text=True, timeout=900,
+            )
+            out = proc.stdout + proc.stderr
+            summary = re.search(r"(\d+) Passed \| (\d+) Failed", out)
+            assert summary is not None, out[-5000:]
+            passed, failed = int(summary.group(1)), int(summary.group(2))
+            failures = re.findall(r"\[FAIL\].*", out)
+            # csi-test's utils.Connect reads the channel state and then waits for it to *change*:
+            # when the unix-socket connection is already Ready in between, it waits a minute and
+            # reports "Connection timed out" (client-side race, about 1 run in 15 here). Only that
+            # exact failure, alone, is retried; anything else fails the test at once.
+            if failed == 1 and "Connection timed out" in out and "[BeforeEach]" in failures[0] and attempt < 2:
+                continue
+            break
         log = os.environ.get("CSI_SANITY_LOG")  # keep the full output somewhere when asked
         if log:
             Path(log).write_text(out)
