@@ -9,6 +9,7 @@ limits stop file creation, and statfs on the project directory reports the limit
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -39,6 +40,11 @@ def quota_drive(loopdev: Callable[..., str], tmp_path: Path) -> Iterator[str]:
         yield mp
     finally:
         subprocess.run(["umount", "-l", mp], capture_output=True)
+        # The guest's /tmp is a small tmpfs: unlink the backing image now so its space is
+        # freed when the loopdev fixture detaches the device, not at the end of the session.
+        backing = Path("/sys/block", os.path.basename(dev), "loop", "backing_file")
+        with contextlib.suppress(OSError):
+            os.unlink(backing.read_text().strip())
 
 
 def _volume(mp: str, name: str, project_id: int) -> str:

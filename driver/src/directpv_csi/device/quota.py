@@ -293,33 +293,10 @@ def set_limits(mountpoint: str, project_id: int, bytes_hard: int, inodes_hard: i
     _check_limit(inodes_hard, "inodes_hard")
     m = require_quota(mountpoint)
     blocks = _blocks(bytes_hard)
-    dq = _DQ.pack(
-        FS_DQUOT_VERSION,
-        FS_PROJ_QUOTA,
-        FS_DQ_BSOFT | FS_DQ_BHARD | FS_DQ_ISOFT | FS_DQ_IHARD,
-        project_id,
-        blocks,
-        blocks,
-        inodes_hard,
-        inodes_hard,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        b"\0" * 8,
-    )
+    # version, flags, fieldmask, id, blk hard/soft, ino hard/soft; every other field (usage, timers,
+    # warnings, realtime, padding) is zero and ignored by the kernel for Q_XSETQLIM.
+    head = (FS_DQUOT_VERSION, FS_PROJ_QUOTA, FS_DQ_BSOFT | FS_DQ_BHARD | FS_DQ_ISOFT | FS_DQ_IHARD, project_id)
+    dq = _DQ.pack(*head, blocks, blocks, inodes_hard, inodes_hard, *([0] * 16), b"\0" * 8)
     buf = ctypes.create_string_buffer(dq, _DQ.size)
     _quotactl(Q_XSETQLIM, _block_device(m), project_id, buf, mountpoint)
 
