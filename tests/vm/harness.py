@@ -502,6 +502,8 @@ def read_suite(results: Path, name: str) -> SuiteResult:
 class Suite:
     name: str
     args: List[str]  # pytest arguments (paths relative to the repo, options)
+    # A canary: this suite must fail, with exactly one failing test whose name contains this.
+    expect_failure: str = ""
 
 
 def write_guest_env(work: Path, suites: Sequence[Suite], udev: Optional[Path], kernel: Kernel) -> None:
@@ -580,7 +582,12 @@ def default_suites() -> List[Suite]:
     extra = REPO / "driver" / "tests" / "device" / "test_quota_enforced.py"
     if extra.exists():
         args.append(str(extra.relative_to(REPO)))
-    return [Suite("guest", args)]
+    return [Suite("guest", args), canary_suite()]
+
+
+def canary_suite() -> Suite:
+    """Runs in every default boot: the deliberately broken guest test must be reported."""
+    return Suite("canary", ["tests/vm/guest/selftest/test_selftest_fail.py"], expect_failure="test_deliberately_broken")
 
 
 def self_test_suites() -> List[Suite]:
@@ -590,12 +597,28 @@ def self_test_suites() -> List[Suite]:
     ]
 
 
-def judge(results: Sequence[SuiteResult]) -> List[str]:
-    """Problems with the run (empty: success)."""
+def judge(results: Sequence[SuiteResult], suites: Optional[Sequence[Suite]] = None) -> List[str]:
+    """Problems with the run (empty: success). A canary suite (``expect_failure``) must
+    have failed with exactly its one broken test: otherwise failures are being swallowed."""
+    expected = {s.name: s.expect_failure for s in suites or ()}
     problems = []
     for res in results:
+        broken = expected.get(res.name, "")
         if res.exit_code is None:
             problems.append(f"suite {res.name}: the guest wrote no exit code (crashed or stopped early)")
+        elif broken:
+            if not (
+                res.exit_code == 1
+                and res.failures == 1
+                and res.errors == 0
+                and len(res.failed_names) == 1
+                and broken in res.failed_names[0]
+            ):
+                problems.append(
+                    f"canary suite {res.name}: the deliberately broken test {broken} was not reported as its one "
+                    f"failure (exit {res.exit_code}, {res.failures} failed, {res.errors} errors): guest failures "
+                    "would be swallowed"
+                )
         elif not res.ok:
             if res.tests == 0 and res.exit_code == 0:
                 problems.append(f"suite {res.name}: no test ran")
@@ -642,7 +665,7 @@ def run(
         log(f"FAIL: {e}; work dir kept: {work}")
         return 1, []
     results = [read_suite(work / "results", s.name) for s in suites]
-    problems = judge(results)
+    problems = judge(results, suites)
     if qemu_rc != 0:
         problems.append(f"qemu exited with {qemu_rc}")
     if problems or verbose:
@@ -651,12 +674,13 @@ def run(
     else:
         for s in suites:
             out = work / "results" / f"{s.name}.out"
-            if out.exists():
+            if out.exists() and not s.expect_failure:
                 print(out.read_text(errors="replace").rstrip())
-    for r in results:
+    for r, s in zip(results, suites):
         log(
             f"suite {r.name}: exit {r.exit_code}, {r.tests} tests, {r.failures} failed, {r.errors} errors, "
-            f"{r.skipped} skipped"
+            f"{r.skipped} skipped/xfail"
+            + (f" (canary: {s.expect_failure} must be its one failure)" if s.expect_failure else "")
         )
     total = time.monotonic() - t_start
     log(f"wall time {total:.1f} s (cache {t_built - t_start:.1f} s, guest {seconds:.1f} s)")
@@ -708,6 +732,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     p.add_argument("--timeout", type=float, default=float(os.environ.get("DIRECTPV_VM_TIMEOUT", 1200)))
     p.add_argument("--no-udev", action="store_true", help="do not start udevd in the guest")
+    p.add_argument(
+        "--no-canary", action="store_true", help="do not run the deliberately broken canary test in the same boot"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="stream the guest console")
     p.add_argument("--keep", action="store_true", help="keep the work dir after a passing run")
     p.add_argument("pytest_args", nargs="*", help="run these pytest args in the guest instead of the default suite")
@@ -716,6 +743,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if a.self_test:
             return self_test(a.timeout, a.verbose)
         suites = [Suite("guest", list(a.pytest_args))] if a.pytest_args else default_suites()
+        if a.no_canary:
+            suites = [s for s in suites if not s.expect_failure]
         disks = load_disks(GUEST_DIR / "disks.json")
         rc, _ = run(suites, disks, timeout=a.timeout, use_udev=not a.no_udev, verbose=a.verbose, keep=a.keep)
         return rc
