@@ -227,3 +227,21 @@ def test_read_only_bind_of_a_drive_directory(xfs_dev: str, tmp_path: Path, clean
     assert Path(tgt, "f").read_text() == "x"
     assert m.unmount(tgt) and m.unmount(drive)
     assert not m.is_mountpoint(drive)
+
+
+def test_without_statx_the_mount_table_decides(
+    tmp_path: Path, cleanup: List[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kernels or libcs without statx(STATX_MNT_ID / ATTR_MOUNT_ROOT): the mountinfo fallback gives the same answers."""
+    src, tgt = _dirs(tmp_path, "src", "tgt")
+    cleanup.append(tgt)
+    assert m.bind(src, tgt)
+    with_statx = (m.is_mountpoint(tgt), m.mount_of(os.path.join(tgt)), m.is_mountpoint(src))
+    monkeypatch.setattr(m, "_statx", lambda path: None)
+    assert (m.is_mountpoint(tgt), m.mount_of(tgt), m.is_mountpoint(src)) == with_statx
+    assert m.bind(src, tgt) is False  # idempotency still detected
+    (other,) = _dirs(tmp_path, "other")
+    with pytest.raises(FailedPrecondition):
+        m.bind(other, tgt)
+    assert m.unmount(tgt) is True
+    assert not m.is_mountpoint(tgt)
