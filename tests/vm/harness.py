@@ -341,7 +341,7 @@ def qemu_argv(
     kernel: Kernel,
     work: Path,
     disks: Sequence[Disk],
-    memory_mb: int = 1536,
+    memory_mb: int = 2048,
     smp: int = 2,
     qemu: str = "qemu-system-x86_64",
 ) -> List[str]:
