@@ -45,7 +45,7 @@ def _timed(fn: Callable[[], object]) -> Tuple[float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=64, help="loop devices to attach (default 64)")
-    ap.add_argument("--runs", type=int, default=9, help="timed runs of each side (median; default 9)")
+    ap.add_argument("--runs", type=int, default=15, help="timed runs of each side (median; default 15)")
     ap.add_argument("--size", default="512M", help="size of each sparse backing file (default 512M)")
     args = ap.parse_args()
     if os.geteuid() != 0:

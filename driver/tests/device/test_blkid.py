@@ -281,30 +281,43 @@ def _file_with(tmp_path: Path, name: str, chunks: Dict[int, bytes], size: int = 
     return img
 
 
-def test_probe_device_reads_on_only_when_needed(tmp_path: Path) -> None:
-    """The quick path (8 KiB + md tails) and the full 68 KiB read agree on every kind of head."""
+def test_probe_device_on_files(tmp_path: Path) -> None:
+    """Each kind of head and tail, as probe_device reads it from a file (head + one merged tail read)."""
     fsid = uuid.UUID("11111111-2222-3333-4444-555555555555")
     btrfs = bytearray(4096)
     btrfs[32:48] = fsid.bytes
     btrfs[64:72] = b"_BHRfS_M"
     u = uuid.UUID("0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9")
-    size = 64 * 2**20
-    cases = {
-        "empty": {},
-        "btrfs": {65536: bytes(btrfs)},
-        "iso": {32769: b"CD001"},
-        "xfs": {0: b"XFSB" + bytes(28) + fsid.bytes},
-        "md10": {0: b"XFSB", B.tail_offsets(size)[0]: _md1_block(u, b"end")},
-        "junk": {9000: b"junk"},
-        "dos": {0: bytes(_mbr(0x11223344, [(0, 0x83, 2048, 4096)]))},
+    expected = {
+        "empty": None,
+        "btrfs": "btrfs",
+        "iso": B.DELEGATE,
+        "xfs": "xfs",
+        "md10": "linux_raid_member",
+        "md090": B.DELEGATE,
+        "junk": B.UNKNOWN,
     }
-    for name, chunks in cases.items():
-        img = _file_with(tmp_path, name + ".img", chunks, size)
-        head, tails = B.read_signature_blocks(str(img), size)
-        assert B.probe_device(str(img), size) == B.detect(head, tails), name
-    assert B.probe_device(str(tmp_path / "btrfs.img"), size)["TYPE"] == "btrfs"  # type: ignore[index]
-    assert B.probe_device(str(tmp_path / "empty.img"), size) is None
-    assert B.probe_device(str(tmp_path / "junk.img"), size) == {"TYPE": B.UNKNOWN}
+    for size in (64 * 2**20, 64 * 2**20 + 12 * 4096):  # md tails 64 KiB-aligned or not
+        md10, md090 = B.tail_offsets(size)
+        cases = {
+            "empty": {},
+            "btrfs": {65536: bytes(btrfs)},
+            "iso": {32769: b"CD001"},
+            "xfs": {0: b"XFSB" + bytes(28) + fsid.bytes},
+            "md10": {0: b"XFSB", md10: _md1_block(u, b"end")},
+            "md090": {0: b"XFSB", md090: b"\xfc\x4e\x2b\xa9"},
+            "junk": {9000: b"junk"},
+        }
+        for name, chunks in cases.items():
+            img = _file_with(tmp_path, f"{name}-{size}.img", chunks, size)
+            got = B.probe_device(str(img), size)
+            assert (got or {}).get("TYPE") == expected[name], (name, size)
+            _, (t10, t090) = B.read_signature_blocks(str(img), size)
+            with open(img, "rb") as f:
+                f.seek(md10)
+                assert t10 == f.read(4096)
+                f.seek(md090)
+                assert t090 == f.read(4096)
 
 
 def test_probe_device_small_and_unreadable(tmp_path: Path) -> None:

@@ -103,3 +103,29 @@ def test_normalize_wwn(raw: str, canon: str) -> None:
 
 def test_parse_uevent() -> None:
     assert S.parse_uevent("MAJOR=8\nMINOR=0\nDEVNAME=sda\nbad\n") == {"MAJOR": "8", "MINOR": "0", "DEVNAME": "sda"}
+
+
+@pytest.mark.parametrize("root", ["server1", "vm1", "/"])
+def test_read_all_and_read_block_agree(fixtures_dir: Path, root: str) -> None:
+    """The bulk path (via dev/block, parents read once) and the one-device path see the same facts."""
+    sys_root = "/sys" if root == "/" else str(fixtures_dir / "sysfs" / root / "sys")
+    bulk = S.read_all(sys_root)
+    assert bulk
+    for b in bulk:
+        if root == "/" and b.name.startswith("loop"):
+            continue  # other tests attach and detach loop devices meanwhile; vm1 covers loop devices
+        one = S.read_block(sys_root, b.name)
+        assert one is not None
+        if b.is_partition:  # read_all copies the disk's make onto its partitions; read_block leaves that to probe
+            one.transport, one.vendor, one.model = b.transport, b.vendor, b.model
+        assert one == b, b.name
+
+
+def test_class_block_fallback_without_dev_block(fixtures_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "sys"
+    shutil.copytree(fixtures_dir / "sysfs" / "server1" / "sys", root, symlinks=True)
+    shutil.rmtree(root / "dev")
+    names = {b.name for b in S.read_all(str(root))}
+    assert names == {b.name for b in S.read_all(str(fixtures_dir / "sysfs" / "server1" / "sys"))}

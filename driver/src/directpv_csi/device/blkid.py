@@ -322,11 +322,14 @@ def tail_offsets(size: int) -> Tuple[int, int]:
 _local = threading.local()
 
 
+BUFFER_SIZE = 128 * 1024  # the head, or both md tail blocks in one read
+
+
 def _aligned_buffer() -> mmap.mmap:
     """A page-aligned buffer (O_DIRECT needs one), one per thread, reused: fresh pages cost page faults."""
     buf = getattr(_local, "buf", None)
     if buf is None:
-        buf = _local.buf = mmap.mmap(-1, HEAD_SIZE)
+        buf = _local.buf = mmap.mmap(-1, BUFFER_SIZE)
     return buf
 
 
@@ -339,20 +342,22 @@ class _Reader:
     4 KiB, which O_DIRECT needs. Files without O_DIRECT (tmpfs) use plain reads.
     """
 
+    _FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
     def __init__(self, path: str) -> None:
-        flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-        direct = getattr(os, "O_DIRECT", 0)
+        self.path = path
         self.direct = False
+        direct = getattr(os, "O_DIRECT", 0)
         if direct:
             try:
-                self.fd = os.open(path, flags | direct)
+                self.fd = os.open(path, self._FLAGS | direct)
                 self.direct = True
                 self.buf = _aligned_buffer()
                 return
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
-        self.fd = os.open(path, flags)
+        self.fd = os.open(path, self._FLAGS)
 
     def read(self, offset: int, length: int) -> bytes:
         if length <= 0:
@@ -365,7 +370,10 @@ class _Reader:
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
-                self.direct = False  # odd alignment: fall back to plain reads
+                # Alignment the device refuses: reopen for plain reads.
+                os.close(self.fd)
+                self.fd = os.open(self.path, self._FLAGS)
+                self.direct = False
         return os.pread(self.fd, length, offset)
 
     def close(self) -> None:
@@ -373,9 +381,14 @@ class _Reader:
 
 
 def _tails(reader: _Reader, size: int, head: bytes) -> Tuple[bytes, bytes]:
-    """The md 1.0 and md 0.90 superblock blocks (from the head when it covers them)."""
+    """The md 1.0 and md 0.90 superblock blocks: from the head when it covers them, else ONE read
+    spanning both (they lie within 128 KiB of each other), else two."""
+    md10, md090 = tail_offsets(size)
+    if 0 <= md090 <= md10 and md090 >= len(head) and md10 + TAIL_BLOCK - md090 <= BUFFER_SIZE:
+        span = reader.read(md090, md10 + TAIL_BLOCK - md090)
+        return span[md10 - md090 : md10 - md090 + TAIL_BLOCK], span[:TAIL_BLOCK]
     out = []
-    for off in tail_offsets(size):
+    for off in (md10, md090):
         if off < 0:
             out.append(b"")
         elif off + TAIL_BLOCK <= len(head):
@@ -386,7 +399,10 @@ def _tails(reader: _Reader, size: int, head: bytes) -> Tuple[bytes, bytes]:
 
 
 def read_signature_blocks(path: str, size: int) -> Tuple[bytes, Tuple[bytes, bytes]]:
-    """(head of HEAD_SIZE bytes, (md10 block, md090 block)) of a device; OSError when it cannot be read."""
+    """(first HEAD_SIZE bytes, (md 1.0 block, md 0.90 block)) of a device in two reads.
+
+    Raises OSError when the device cannot be opened or read (EACCES, EIO, ENOMEDIUM...).
+    """
     reader = _Reader(path)
     try:
         head = reader.read(0, min(HEAD_SIZE, size) if size > 0 else HEAD_SIZE)
@@ -395,25 +411,7 @@ def read_signature_blocks(path: str, size: int) -> Tuple[bytes, Tuple[bytes, byt
         reader.close()
 
 
-QUICK_HEAD = 8192
-
-
 def probe_device(path: str, size: int, sector: int = 512) -> Optional[Props]:
-    """detect() over a device, reading as little as it can; OSError when it cannot be read.
-
-    Reads the first 8 KiB and the md tail blocks; only when they show no
-    signature (or just a partition table) reads on to 68 KiB for btrfs, iso9660,
-    UDF and large-page swap.
-    """
-    reader = _Reader(path)
-    try:
-        head = reader.read(0, min(QUICK_HEAD, size) if size > 0 else QUICK_HEAD)
-        tails = _tails(reader, size, head)
-        found = detect(head, tails, sector)
-        more = found is None or found.get("TYPE") == UNKNOWN or "TYPE" not in found
-        if more and len(head) == QUICK_HEAD and size > QUICK_HEAD:
-            head += reader.read(QUICK_HEAD, min(HEAD_SIZE, size) - QUICK_HEAD)
-            found = detect(head, tails, sector)
-        return found
-    finally:
-        reader.close()
+    """detect() over a device of ``size`` bytes; OSError when it cannot be read."""
+    head, tails = read_signature_blocks(path, size)
+    return detect(head, tails, sector)

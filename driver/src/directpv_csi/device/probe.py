@@ -82,6 +82,16 @@ def _dev_name_of(path: str, dev_root: str, dm_names: Dict[str, str]) -> str:
     return os.path.basename(target)
 
 
+def _mount_namespaces(proc_root: str) -> Tuple[str, ...]:
+    """PIDs whose mountinfo to read: this process and PID 1, or only this one when they share a namespace."""
+    try:
+        if os.readlink(f"{proc_root}/self/ns/mnt") == os.readlink(f"{proc_root}/1/ns/mnt"):
+            return ("self",)
+    except OSError:
+        pass  # no permission for PID 1's namespace link, or a captured tree: read both
+    return ("self", "1")
+
+
 # --- probe -----------------------------------------------------------------------
 
 
@@ -119,7 +129,7 @@ def probe(
 
     # Mount points: this namespace and PID 1's, by maj:min, else by source path (btrfs...).
     mounts: Dict[str, Set[str]] = {}
-    for pid in ("self", "1"):
+    for pid in _mount_namespaces(proc_root):
         for m in _mountinfo.read_mountinfo(proc_root, pid):
             name = all_blocks_by_majmin.get(m.majmin, "")
             if not name:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 _O_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
@@ -165,13 +165,19 @@ def _resolve(link: str) -> str:
     return os.path.normpath(target if target.startswith("/") else os.path.dirname(link) + "/" + target)
 
 
-def _identity(base: str, entries: FrozenSet[str]) -> Tuple[str, str, str, str, str, str]:
-    """(vendor, model, serial, wwn, scsi type, resolved device path) of a disk; reads only files that exist."""
-    serial = read_attr(base + "/serial") if "serial" in entries else ""
-    wwn = read_attr(base + "/wwid") if "wwid" in entries else ""
+def _identity(base: str) -> Tuple[str, str, str, str, str, str]:
+    """(vendor, model, serial, wwn, scsi type, resolved device path) of a disk."""
+    if "/devices/virtual/" in base:  # loop, dm, md, zram...: no hardware behind it
+        return "", "", "", "", "", base
+    serial = read_attr(base + "/serial")
+    wwn = read_attr(base + "/wwid")
     vendor = model = scsi_type = ""
     dev_dir = base
-    if "device" in entries:
+    try:
+        os.readlink(base + "/device")
+    except OSError:
+        pass
+    else:
         dev_dir = _resolve(base + "/device")
         present = frozenset(list_dir(dev_dir))
         vendor = read_attr(dev_dir + "/vendor") if "vendor" in present else ""
@@ -186,59 +192,69 @@ def _identity(base: str, entries: FrozenSet[str]) -> Tuple[str, str, str, str, s
     return vendor, model, serial, normalize_wwn(wwn), scsi_type, dev_dir
 
 
-def read_block(sysfs_root: str, name: str) -> Optional[SysBlock]:
-    """Facts of ``<sysfs_root>/class/block/<name>``; None when it is not there.
+def _fill(b: SysBlock, disk: Optional[SysBlock] = None) -> None:
+    """Read the attributes of ``b`` (its name, numbers, sys_path and partition flag are set).
 
-    Lists the device's directory once and opens only the attributes present:
-    sysfs opens dominate the probe's time on hosts with many devices.
+    Opens only what the kind of device can have (sysfs opens dominate the probe's
+    time on hosts with many devices); a partition takes its disk's queue and
+    removable flags from ``disk`` when the caller already read it.
     """
-    base = _resolve(f"{sysfs_root}/class/block/{name}")
-    entries = frozenset(list_dir(base))
-    if "dev" not in entries:
-        return None
-    dev = read_attr(base + "/dev")
-    major_s, _, minor_s = dev.partition(":")
-    b = SysBlock(name=name, sys_path=base)
-    try:
-        b.major, b.minor = int(major_s), int(minor_s)
-    except ValueError:
-        return None
+    base, name = b.sys_path, b.name
     b.sectors = read_int(base + "/size")
-    if b.sectors == 0 and "loop" not in entries and name.startswith("loop"):
+    if b.sectors == 0 and name.startswith("loop"):
         b.transport = "loop"  # a free loop device (no backing file): nothing else to read
-        return b
+        return
     b.read_only = read_attr(base + "/ro") == "1"
     b.holders = list_dir(base + "/holders")
     b.slaves = list_dir(base + "/slaves")
-    if "partition" in entries:
-        b.is_partition = True
+    if b.is_partition:
         b.partition_number = read_int(base + "/partition")
+        if disk is not None:
+            b.removable, b.rotational = disk.removable, disk.rotational
+            b.logical_sector_size, b.physical_sector_size = disk.logical_sector_size, disk.physical_sector_size
+            return
         disk_dir = os.path.dirname(base)
-        b.parent = os.path.basename(disk_dir)
     else:
         disk_dir = base
-        b.partitions = tuple(
-            sorted(
-                (e for e in entries if e.startswith(name) and os.path.exists(f"{base}/{e}/partition")),
-                key=_natural_key,
-            )
-        )
-        b.hidden = "hidden" in entries and read_attr(base + "/hidden") == "1"
+        b.hidden = read_attr(base + "/hidden") == "1"
     b.removable = read_attr(disk_dir + "/removable") == "1"
     queue = disk_dir + "/queue"
     b.rotational = read_attr(queue + "/rotational") == "1"
     b.logical_sector_size = read_int(queue + "/logical_block_size", 512) or 512
     b.physical_sector_size = read_int(queue + "/physical_block_size", 512) or 512
-    if not b.is_partition:
-        b.vendor, b.model, b.serial, b.wwn, b.scsi_type, dev_dir = _identity(base, entries)
-        if "dm" in entries:
-            b.dm_name = read_attr(base + "/dm/name")
-            b.dm_uuid = read_attr(base + "/dm/uuid")
-        if "md" in entries:
-            b.md_level = read_attr(base + "/md/level")
-        if "loop" in entries:
-            b.loop_backing_file = read_attr(base + "/loop/backing_file")
-        b.transport = transport_of(name, dev_dir)
+    if b.is_partition:
+        return
+    b.vendor, b.model, b.serial, b.wwn, b.scsi_type, dev_dir = _identity(base)
+    if name.startswith("dm-"):
+        b.dm_name = read_attr(base + "/dm/name")
+        b.dm_uuid = read_attr(base + "/dm/uuid")
+    elif name.startswith("md"):
+        b.md_level = read_attr(base + "/md/level")
+    elif name.startswith("loop"):
+        b.loop_backing_file = read_attr(base + "/loop/backing_file")
+    b.transport = transport_of(name, dev_dir)
+
+
+def read_block(sysfs_root: str, name: str) -> Optional[SysBlock]:
+    """Facts of ``<sysfs_root>/class/block/<name>``; None when it is not there."""
+    base = _resolve(f"{sysfs_root}/class/block/{name}")
+    dev = read_attr(base + "/dev")
+    major_s, _, minor_s = dev.partition(":")
+    try:
+        b = SysBlock(name=name, sys_path=base, major=int(major_s), minor=int(minor_s))
+    except ValueError:
+        return None
+    if os.path.exists(base + "/partition"):
+        b.is_partition = True
+        b.parent = os.path.basename(os.path.dirname(base))
+    else:
+        b.partitions = tuple(
+            sorted(
+                (e for e in list_dir(base) if e.startswith(name) and os.path.exists(f"{base}/{e}/partition")),
+                key=_natural_key,
+            )
+        )
+    _fill(b)
     return b
 
 
@@ -271,17 +287,39 @@ def list_blocks(sysfs_root: str = "/sys") -> List[str]:
 
 
 def read_all(sysfs_root: str = "/sys") -> List[SysBlock]:
-    """Every block device of the host, disks then their partitions, in natural name order."""
-    out: List[SysBlock] = []
-    for name in list_blocks(sysfs_root):
-        b = read_block(sysfs_root, name)
-        if b is not None:
-            out.append(b)
-    # A partition inherits identity and transport from its disk.
-    by_name = {b.name: b for b in out}
-    for b in out:
-        if b.is_partition and b.parent in by_name:
-            disk = by_name[b.parent]
-            b.transport = disk.transport
-            b.vendor, b.model = disk.vendor, disk.model
-    return out
+    """Every block device of the host, in natural name order (a disk before its partitions).
+
+    Enumerates ``<sysfs_root>/dev/block/<maj>:<min>`` links: one readlink gives a
+    device's numbers and name without opening a file; a partition is a device whose
+    directory sits inside another device's directory (.../sda/sda1, .../nvme0n1/nvme0n1p1).
+    """
+    found: List[SysBlock] = []
+    for majmin in list_dir(f"{sysfs_root}/dev/block"):
+        major_s, _, minor_s = majmin.partition(":")
+        base = _resolve(f"{sysfs_root}/dev/block/{majmin}")
+        try:
+            b = SysBlock(name=os.path.basename(base), sys_path=base, major=int(major_s), minor=int(minor_s))
+        except ValueError:
+            continue
+        found.append(b)
+    if not found:  # no /sys/dev/block: fall back to class/block
+        return [b for b in (read_block(sysfs_root, n) for n in list_blocks(sysfs_root)) if b is not None]
+    dirs = {b.sys_path for b in found}
+    for b in found:
+        up = os.path.dirname(b.sys_path)
+        if up in dirs:
+            b.is_partition = True
+            b.parent = os.path.basename(up)
+    found.sort(key=lambda x: _natural_key(x.name))
+    by_name = {b.name: b for b in found}
+    parts: Dict[str, List[str]] = {}
+    for b in found:
+        disk = by_name.get(b.parent) if b.is_partition else None
+        _fill(b, disk)
+        if disk is not None:
+            parts.setdefault(disk.name, []).append(b.name)
+            # A partition shows its disk's make (Device.make adds "(Part N)"); it is not the drive itself.
+            b.transport, b.vendor, b.model = disk.transport, disk.vendor, disk.model
+    for name, children in parts.items():
+        by_name[name].partitions = tuple(children)
+    return found
