@@ -119,6 +119,8 @@ def test_bad_arguments(tmp_path: Path) -> None:
         m.unmount("relative")
     with pytest.raises(InvalidArgument, match="NUL"):
         m.bind(d, d + "\0x")
+    with pytest.raises(InvalidArgument, match="NUL"):
+        m.mount("tmp\0fs", d, "tmpfs")
     with pytest.raises(NotFound):
         m.bind(str(tmp_path / "missing-src"), d)
     assert not m.is_mountpoint(d)

@@ -166,7 +166,9 @@ def mount(
     t = _path(target, "target")
     opt_flags, opt_data = parse_options(options)
     all_data = ",".join(x for x in (opt_data, data) if x)
-    src = source.encode() if source else b"none"
+    src = _path(source, "source") if source.startswith("/") else os.fsencode(source or "none")
+    if b"\0" in src:
+        raise InvalidArgument(f"source {source!r} contains a NUL byte", "give a valid source")
     rc = _lib().mount(
         src, t, fstype.encode() if fstype else None, ctypes.c_ulong(flags | opt_flags), all_data.encode() or None
     )
@@ -210,11 +212,11 @@ def _statx(path: str) -> Optional[_Statx]:
             return None
         raise OSError(err, os.strerror(err), path)
     raw = buf.raw
-    (mask,) = struct.unpack_from("<I", raw, 0)
-    (attrs,) = struct.unpack_from("<Q", raw, 8)
-    (attrs_mask,) = struct.unpack_from("<Q", raw, 56)
-    dev_major, dev_minor = struct.unpack_from("<II", raw, 136)
-    (mnt_id,) = struct.unpack_from("<Q", raw, 144)
+    (mask,) = struct.unpack_from("=I", raw, 0)  # struct statx is in native byte order
+    (attrs,) = struct.unpack_from("=Q", raw, 8)
+    (attrs_mask,) = struct.unpack_from("=Q", raw, 56)
+    dev_major, dev_minor = struct.unpack_from("=II", raw, 136)
+    (mnt_id,) = struct.unpack_from("=Q", raw, 144)
     return _Statx(
         mnt_id=mnt_id if mask & _STATX_MNT_ID else 0,
         mount_root=bool(attrs & _STATX_ATTR_MOUNT_ROOT) if attrs_mask & _STATX_ATTR_MOUNT_ROOT else None,
