@@ -129,3 +129,22 @@ def test_class_block_fallback_without_dev_block(fixtures_dir: Path, tmp_path: Pa
     shutil.rmtree(root / "dev")
     names = {b.name for b in S.read_all(str(root))}
     assert names == {b.name for b in S.read_all(str(fixtures_dir / "sysfs" / "server1" / "sys"))}
+
+
+def test_scsi_unit_serial_from_vpd_page(server1: str) -> None:
+    sda = S.read_block(server1, "sda")
+    assert sda is not None and sda.serial == "ZC1A2B3C", "VPD page 0x80 (no udev needed)"
+
+
+@pytest.mark.parametrize(
+    ("page", "serial"),
+    [
+        (b"\x00\x80\x00\x0e" + b"DPV-SCSI-0001\x00", "DPV-SCSI-0001"),
+        (b"\x00\x80\x00\x08" + b"  ABC123", "ABC123"),
+        (b"\x00\x83\x00\x04abcd", ""),  # another page
+        (b"\x00\x80", ""),
+        (b"", ""),
+    ],
+)
+def test_parse_vpd_serial(page: bytes, serial: str) -> None:
+    assert S.parse_vpd_serial(page) == serial

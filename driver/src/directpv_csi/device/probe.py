@@ -166,7 +166,10 @@ def probe(
             vendor = vendor or udev.get("ID_VENDOR", "")
             model = model or udev.get("ID_MODEL", "")
             if not b.is_partition:
-                serial = serial or udev.get("ID_SERIAL_SHORT", "") or udev.get("ID_SERIAL", "")
+                # A SCSI disk's ID_SERIAL_SHORT is its WWN when it has one; ID_SCSI_SERIAL is the unit serial.
+                serial = (
+                    serial or udev.get("ID_SCSI_SERIAL") or udev.get("ID_SERIAL_SHORT") or udev.get("ID_SERIAL", "")
+                )
                 wwn = wwn or _sysfs.normalize_wwn(udev.get("ID_WWN_WITH_EXTENSION", "") or udev.get("ID_WWN", ""))
         cdrom = b.name.startswith("sr") or b.scsi_type == "5" or udev.get("ID_CDROM") == "1"
         out.append(

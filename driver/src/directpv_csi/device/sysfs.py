@@ -36,6 +36,28 @@ def read_attr(path: str) -> str:
     return data.decode("utf-8", "replace").strip().strip("\x00").strip()
 
 
+def read_bytes(path: str, limit: int = 4096) -> bytes:
+    """Raw bytes of a (binary) sysfs attribute; b"" when missing or unreadable."""
+    try:
+        fd = os.open(path, _O_FLAGS)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, limit)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def parse_vpd_serial(page: bytes) -> str:
+    """The unit serial number in a SCSI VPD page 0x80 (device/vpd_pg80): what udev's ID_SCSI_SERIAL holds."""
+    if len(page) < 4 or page[1] != 0x80:
+        return ""
+    length = int.from_bytes(page[2:4], "big")
+    return page[4 : 4 + length].decode("ascii", "replace").strip(" \x00")
+
+
 def read_int(path: str, default: int = 0) -> int:
     text = read_attr(path)
     try:
@@ -187,6 +209,8 @@ def _identity(base: str) -> Tuple[str, str, str, str, str, str]:
         if not wwn and "wwid" in present:
             wwn = read_attr(dev_dir + "/wwid")
         scsi_type = read_attr(dev_dir + "/type") if "type" in present else ""
+        if not serial and "vpd_pg80" in present:
+            serial = parse_vpd_serial(read_bytes(dev_dir + "/vpd_pg80"))
     if vendor.startswith("0x"):  # virtio's device/vendor is a PCI vendor number, not a make
         vendor = ""
     return vendor, model, serial, normalize_wwn(wwn), scsi_type, dev_dir
