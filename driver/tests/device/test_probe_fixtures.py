@@ -160,3 +160,11 @@ def test_probe_one_regular_file_and_not_block(tmp_path: Path) -> None:
         probe_one(str(tmp_path / "missing"))
     with pytest.raises(NotFound):
         probe_one("nosuchdev0")
+
+
+def test_missing_nodes_reported_hidden_paths_not_read(server1: Path) -> None:
+    errors: Dict[str, str] = {}
+    got = {d.name: d for d in _probe_host(server1, run_blkid=False, errors=errors)}
+    assert "sda" in errors and got["sda"].fs_type == "", "no device node in the captured tree: reported, not fatal"
+    assert "nvme1c1n1" not in errors, "a hidden NVMe path has no node to read"
+    assert "loop1" not in errors, "an empty device is not read"

@@ -147,7 +147,12 @@ def probe(
     use_udev = os.path.isdir(os.path.join(udev_root, "data"))
 
     paths = {b.name: os.path.join(dev_root, b.name) for b in blocks}
-    to_read = [(paths[b.name], b.size, b.logical_sector_size) for b in blocks if b.size > 0]
+    # Not read: empty devices, hidden NVMe paths (no device node) and floppies (opening an absent drive stalls).
+    to_read = [
+        (paths[b.name], b.size, b.logical_sector_size)
+        for b in blocks
+        if b.size > 0 and not b.hidden and not b.name.startswith("fd")
+    ]
     unreadable: Dict[str, str] = {}
     sigs = _probe_signatures(to_read, run_blkid, unreadable)
 
