@@ -102,12 +102,19 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def kernel_package() -> str:
-    """The versioned package ``linux-image-amd64`` depends on, e.g. linux-image-6.1.0-56-amd64."""
-    try:
-        out = sh(["apt-cache", "depends", "linux-image-amd64"])
-    except (HarnessError, FileNotFoundError) as e:
-        raise Skip(f"cannot resolve the Debian kernel package (apt-cache depends linux-image-amd64): {e}") from e
-    return parse_kernel_depends(out)
+    """The versioned package ``linux-image-amd64`` depends on, e.g. linux-image-6.1.0-56-amd64.
+
+    Without package lists (a fresh machine), runs ``apt-get update`` once when root."""
+    if shutil.which("apt-cache") is None or shutil.which("apt-get") is None:
+        raise Skip("no apt-cache/apt-get: the stock kernel comes from Debian's package repository")
+    for attempt in (1, 2):
+        proc = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True)
+        if proc.returncode == 0 and "Depends:" in proc.stdout:
+            return parse_kernel_depends(proc.stdout)
+        if attempt == 1 and os.geteuid() == 0:
+            log("apt-cache knows no linux-image-amd64: apt-get update")
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+    raise Skip(f"cannot resolve the Debian kernel package (apt-cache depends linux-image-amd64): {proc.stderr.strip()}")
 
 
 def parse_kernel_depends(text: str) -> str:
@@ -649,6 +656,10 @@ def run(
     udev = ensure_udev() if use_udev else None
     t_built = time.monotonic()
     (CACHE / "runs").mkdir(parents=True, exist_ok=True)
+    for old in (CACHE / "runs").iterdir():  # work dirs kept by failed runs: a day is enough to look
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > 86400:
+                shutil.rmtree(old, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=CACHE / "runs"))
     (work / "results").mkdir()
     (work / "ctl").mkdir()

@@ -17,7 +17,7 @@ off() {
   echo o > /proc/sysrq-trigger
   sleep 30
 }
-say() { echo "vm-stage2: $*"; }
+say() { echo "vm-stage2 [$(cut -d' ' -f1 /proc/uptime) s]: $*"; }
 
 mkdir -p /dev/pts /dev/shm 2>/dev/null
 mount -t devpts devpts /dev/pts
