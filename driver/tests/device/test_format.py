@@ -370,3 +370,26 @@ def test_find_our_drives_ignores_others(loopdev: Callable[..., str]) -> None:
     # without any blkid information (fs fields empty), the superblock alone decides
     bare = [Device(name=x.name, major=x.major, minor=x.minor, size=x.size, path=x.path) for x in devices]
     assert [d.fs_uuid for d in fmt.find_our_drives(bare)] == [done.drive_id]
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "force"])
+def test_the_root_disk_is_refused(force: bool) -> None:
+    """Planning only reads: safe to aim at the disk that holds / on this very machine."""
+    st = os.stat("/")
+    sysdev = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+    if not sysdev.exists():
+        pytest.skip("/ is not on a block device here (overlay or tmpfs root)")
+    name = sysdev.resolve().name
+    if (sysdev / "partition").exists():  # / on a partition: aim at its disk, which must be refused too
+        name = sysdev.resolve().parent.name
+    dev = f"/dev/{name}"
+    if not os.path.exists(dev):
+        pytest.skip(f"{dev} has no device node here")
+    try:
+        err = refused(dev, allow_loop=True, force=force)
+    except PermissionError:  # a sandbox may forbid even reading the root disk: then only the verdict is checked
+        with pytest.raises(DeviceRefused) as exc:
+            fmt.plan_format(dev, allow_loop=True, force=force)
+        err = exc.value
+    assert "root-disk" in err.reasons
+    assert "force does not override" in err.hint
