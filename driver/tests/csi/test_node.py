@@ -20,13 +20,13 @@ from directpv_csi.csi.proto import csi_pb2
 from directpv_csi.device import mount as m
 from node_helpers import (
     NodeServer,
-    config,  # noqa: F401 - fixture
+    config_fixture,  # noqa: F401 - fixture
     detach,
-    make_drive,  # noqa: F401 - fixture
-    node_env,  # noqa: F401 - fixture
-    node_server,  # noqa: F401 - fixture
-    registry,  # noqa: F401 - fixture
-    store,  # noqa: F401 - fixture
+    make_drive_fixture,  # noqa: F401 - fixture
+    node_env_fixture,  # noqa: F401 - fixture
+    node_server_fixture,  # noqa: F401 - fixture
+    registry_fixture,  # noqa: F401 - fixture
+    store_fixture,  # noqa: F401 - fixture
     unmount_under,
 )
 
@@ -83,7 +83,7 @@ def mounts_under(root: Path) -> list[str]:
 
 
 @pytest.fixture
-def srv(node_server: NodeServer) -> Iterator[NodeServer]:  # noqa: F811 - the imported fixture
+def srv(node_server: NodeServer) -> Iterator[NodeServer]:
     yield node_server
 
 

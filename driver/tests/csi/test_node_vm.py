@@ -21,12 +21,12 @@ from directpv_csi.csi.proto import csi_pb2
 from directpv_csi.device import quota
 from node_helpers import (
     NodeServer,
-    config,  # noqa: F401 - fixture
-    make_drive,  # noqa: F401 - fixture
-    node_env,  # noqa: F401 - fixture
-    node_server,  # noqa: F401 - fixture
-    registry,  # noqa: F401 - fixture
-    store,  # noqa: F401 - fixture
+    config_fixture,  # noqa: F401 - fixture
+    make_drive_fixture,  # noqa: F401 - fixture
+    node_env_fixture,  # noqa: F401 - fixture
+    node_server_fixture,  # noqa: F401 - fixture
+    registry_fixture,  # noqa: F401 - fixture
+    store_fixture,  # noqa: F401 - fixture
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.vm]
@@ -36,7 +36,7 @@ NEEDS_QUOTA = "needs a kernel with XFS quota (QEMU guest: make test-vm)"
 
 
 @pytest.fixture
-def qsrv(node_server: NodeServer) -> Iterator[NodeServer]:  # noqa: F811 - the imported fixture
+def qsrv(node_server: NodeServer) -> Iterator[NodeServer]:
     md = node_server.registry.mounted(node_server.drive.drive_id)
     assert md is not None
     if not md.quota:

@@ -55,8 +55,8 @@ def detach(dev: str) -> None:
     subprocess.run(["losetup", "--detach", dev], check=True, capture_output=True)
 
 
-@pytest.fixture
-def node_env(tmp_path: Path) -> Iterator[Dict[str, Path]]:
+@pytest.fixture(name="node_env")
+def node_env_fixture(tmp_path: Path) -> Iterator[Dict[str, Path]]:
     state = tmp_path / "state"
     kubelet = tmp_path / "kubelet"
     state.mkdir()
@@ -67,8 +67,8 @@ def node_env(tmp_path: Path) -> Iterator[Dict[str, Path]]:
         unmount_under(tmp_path)
 
 
-@pytest.fixture
-def make_drive(loopdev: Callable[..., str], tmp_path: Path) -> Iterator[Callable[..., OurDrive]]:
+@pytest.fixture(name="make_drive")
+def make_drive_fixture(loopdev: Callable[..., str], tmp_path: Path) -> Iterator[Callable[..., OurDrive]]:
     """``make_drive(size="400M") -> OurDrive``: a loop device formatted as one of our drives."""
     from directpv_csi.device.format import format_drive
 
@@ -104,8 +104,8 @@ def only_under(root: Path) -> Callable[[Dict[str, str]], Sequence[Device]]:
     return run
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[EmbeddedStore]:
+@pytest.fixture(name="store")
+def store_fixture(tmp_path: Path) -> Iterator[EmbeddedStore]:
     s = EmbeddedStore(str(tmp_path / "store.db"), synchronous="NORMAL")
     try:
         yield s
@@ -113,15 +113,15 @@ def store(tmp_path: Path) -> Iterator[EmbeddedStore]:
         s.close()
 
 
-@pytest.fixture
-def config(node_env: Dict[str, Path]) -> NodeConfig:
+@pytest.fixture(name="config")
+def config_fixture(node_env: Dict[str, Path]) -> NodeConfig:
     return NodeConfig(
         node_id="node-a", state_dir=node_env["state"], kubelet_dirs=(node_env["kubelet"],), allow_loop=True
     )
 
 
-@pytest.fixture
-def registry(config: NodeConfig, store: EmbeddedStore, node_env: Dict[str, Path]) -> Iterator[DriveRegistry]:
+@pytest.fixture(name="registry")
+def registry_fixture(config: NodeConfig, store: EmbeddedStore, node_env: Dict[str, Path]) -> Iterator[DriveRegistry]:
     reg = DriveRegistry(config, store, probe=only_under(node_env["root"]))
     try:
         yield reg
@@ -161,8 +161,8 @@ class NodeServer:
         )
 
 
-@pytest.fixture
-def node_server(
+@pytest.fixture(name="node_server")
+def node_server_fixture(
     config: NodeConfig,
     store: EmbeddedStore,
     registry: DriveRegistry,
