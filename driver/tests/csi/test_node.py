@@ -480,3 +480,15 @@ def test_teardown_after_the_record_is_gone_releases_our_mounts(srv: NodeServer) 
     unpublish(srv, "pvc-gone", target)
     unstage(srv, "pvc-gone", staging)
     assert not os.path.exists(target) and not m.is_mountpoint(staging)
+
+
+def test_missing_staging_dir_or_target_parent_is_failed_precondition(srv: NodeServer) -> None:
+    srv.volume("pvc-m")
+    missing = str(srv.kubelet / "plugins" / "never-created")
+    assert code_of(lambda: stage(srv, "pvc-m", missing)) == grpc.StatusCode.FAILED_PRECONDITION
+    staging = srv.staging("pvc-m")
+    stage(srv, "pvc-m", staging)
+    orphan = str(srv.kubelet / "pods" / "no-such-pod" / "volumes" / "pvc-m")
+    assert code_of(lambda: publish(srv, "pvc-m", staging, orphan)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert not os.path.exists(orphan)
+    unstage(srv, "pvc-m", staging)

@@ -230,7 +230,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                                  labels={**vol.labels, LABEL_STAGED_WITH: cap.digest})
                 return csi_pb2.NodeStageVolumeResponse()
             if not os.path.isdir(staging):
-                raise NotFound(f"staging_target_path {staging} does not exist or is not a directory",
+                raise FailedPrecondition(f"staging_target_path {staging} does not exist or is not a directory",
                                "the container orchestrator creates the staging directory before NodeStageVolume")
             if not md.quota:
                 self._no_quota(md)
@@ -311,7 +311,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                     raise FailedPrecondition(f"target_path {target} exists and is not a directory",
                                              "remove it; the driver creates the target directory") from None
             except FileNotFoundError:
-                raise NotFound(f"the parent directory of target_path {target} does not exist",
+                raise FailedPrecondition(f"the parent directory of target_path {target} does not exist",
                                "the container orchestrator creates the parent of the target path") from None
             _mount.bind(staging, target, read_only=read_only)
             try:

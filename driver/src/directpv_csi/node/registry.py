@@ -350,9 +350,13 @@ class DriveRegistry:
         self._thread = threading.Thread(target=self._loop, args=(interval_s,), name="drive-registry", daemon=True)
         self._thread.start()
 
+    FULL_SYNC_EVERY = 6  # rounds: also catch what the fingerprint cannot see (a drive reformatted in place)
+
     def _loop(self, interval_s: float) -> None:
+        rounds = 0
         while not self._stop.wait(interval_s):
-            self._safe_sync(full=False)
+            rounds += 1
+            self._safe_sync(full=rounds % self.FULL_SYNC_EVERY == 0)
 
     def _safe_sync(self, full: bool) -> None:
         try:
