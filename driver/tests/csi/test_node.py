@@ -492,3 +492,50 @@ def test_missing_staging_dir_or_target_parent_is_failed_precondition(srv: NodeSe
     assert code_of(lambda: publish(srv, "pvc-m", staging, orphan)) == grpc.StatusCode.FAILED_PRECONDITION
     assert not os.path.exists(orphan)
     unstage(srv, "pvc-m", staging)
+
+
+def test_concurrent_calls(srv: NodeServer) -> None:
+    """Many volumes in parallel all succeed; racing calls on one volume get ABORTED or the
+    same answer, and leave exactly one mount."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [f"pvc-c{i}" for i in range(12)]
+    for n in names:
+        srv.volume(n, size=2**20)
+    paths = {n: (srv.staging(n), srv.target(n)) for n in names}
+
+    def up(n: str) -> None:
+        stage(srv, n, paths[n][0])
+        publish(srv, n, paths[n][0], paths[n][1])
+        Path(paths[n][1], "id").write_text(n)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(up, names))
+    mp = srv.registry.drive_mount(srv.drive.drive_id)
+    assert mp is not None
+    for n in names:  # no cross-talk: each target shows its own volume directory
+        assert (mp / n / "id").read_text() == n
+        assert srv.store.get_volume(n).target_paths == (paths[n][1],)  # type: ignore[union-attr]
+
+    def race(_: int) -> str:
+        try:
+            stage(srv, "pvc-race", paths["pvc-race"][0])
+            return "OK"
+        except grpc.RpcError as e:
+            return e.code().name
+
+    srv.volume("pvc-race", size=2**20)
+    paths["pvc-race"] = (srv.staging("pvc-race"), srv.target("pvc-race"))
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(race, range(16)))
+    assert set(outcomes) <= {"OK", "ABORTED"} and "OK" in outcomes
+    assert mounts_under(srv.kubelet).count(paths["pvc-race"][0]) == 1
+
+    def down(n: str) -> None:
+        unpublish(srv, n, paths[n][1])
+        unstage(srv, n, paths[n][0])
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(down, names))
+    unstage(srv, "pvc-race", paths["pvc-race"][0])
+    assert mounts_under(srv.kubelet) == []
