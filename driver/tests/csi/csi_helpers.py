@@ -118,8 +118,8 @@ class Csi:
         return d
 
 
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
+@pytest.fixture(name="short_dir")
+def short_dir_fixture() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="dpv", dir="/tmp"))
     yield d
     shutil.rmtree(d, ignore_errors=True)
@@ -136,8 +136,8 @@ def make_csi(
     return Csi(st, address, server, channel, pbg.IdentityStub(channel), pbg.ControllerStub(channel), ctrl, ident)
 
 
-@pytest.fixture
-def csi(short_dir: Path) -> Iterator[Csi]:
+@pytest.fixture(name="csi")
+def csi_fixture(short_dir: Path) -> Iterator[Csi]:
     c = make_csi(short_dir)
     yield c
     c.channel.close()

@@ -20,7 +20,16 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import grpc
 import pytest
-from csi_helpers import GiB, MiB, Standalone, create_req, format_loop_drive, mount_cap, unmount_under
+from csi_helpers import (
+    GiB,
+    MiB,
+    Standalone,
+    create_req,
+    format_loop_drive,
+    mount_cap,
+    short_dir_fixture,  # noqa: F401 - fixtures
+    unmount_under,
+)
 from directpv_csi.core.models import Drive
 from directpv_csi.csi.proto import csi_pb2 as pb
 from directpv_csi.csi.proto import csi_pb2_grpc as pbg

@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from csi_helpers import Standalone, format_loop_drive, unmount_under
+from csi_helpers import (
+    Standalone,
+    format_loop_drive,
+    short_dir_fixture,  # noqa: F401 - fixtures
+    unmount_under,
+)
 from directpv_csi.store.embedded import EmbeddedStore
 
 TOOLS_DIR = Path(os.environ.get("TOOLS_DIR", Path.home() / ".cache" / "directpv-csi" / "tools"))

@@ -8,6 +8,7 @@ from typing import Any, Callable, List, Tuple
 import pytest
 from directpv_csi.core.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 from directpv_csi.core.models import DRIVE_LOST, DRIVE_READY, VOLUME_READY, Drive, Volume
+from store_adapters import adapter_fixture, store_fixture  # noqa: F401 - fixtures
 
 GiB = 1024**3
 

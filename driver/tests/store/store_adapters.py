@@ -1,4 +1,5 @@
-"""Adapters under the store contract. A new adapter (store/kube.py) adds one entry to
+"""Adapters under the store contract (imported by name: no conftest.py, which would shadow
+the root one for ``from conftest import``). A new adapter (store/kube.py) adds one entry to
 ADAPTERS: a factory ``(tmp_path) -> (store, reopen)`` where ``reopen()`` closes the
 store and returns a fresh instance over the same data (for durability tests)."""
 
@@ -28,12 +29,12 @@ def _embedded(tmp_path: Path) -> Tuple[Any, Callable[[], Any]]:
 ADAPTERS: Dict[str, Factory] = {"embedded": _embedded}
 
 
-@pytest.fixture(params=sorted(ADAPTERS))
-def adapter(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tuple[Any, Callable[[], Any]]]:
+@pytest.fixture(name="adapter", params=sorted(ADAPTERS))
+def adapter_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tuple[Any, Callable[[], Any]]]:
     store, reopen = ADAPTERS[request.param](tmp_path)
     yield store, reopen
 
 
-@pytest.fixture
-def store(adapter: Tuple[Any, Callable[[], Any]]) -> Any:
+@pytest.fixture(name="store")
+def store_fixture(adapter: Tuple[Any, Callable[[], Any]]) -> Any:
     return adapter[0]
