@@ -88,6 +88,8 @@ def test_largest_size_is_accepted() -> None:
         (int(2.25 * 2**40), "2.2 TiB"),
         (2**60, "1 EiB"),
         (-2048, "-2 KiB"),
+        (2**40 - 2**20, "1 TiB"),
+        (1024 * 1024 - 1, "1 MiB"),
     ],
 )
 def test_format_size(size: int, text: str) -> None:

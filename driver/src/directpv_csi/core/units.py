@@ -100,9 +100,11 @@ def format_size(size: int) -> str:
     """Human binary size: 0 -> "0 B", 1536 -> "1.5 KiB", 10*2**30 -> "10 GiB" (one decimal, trailing .0 dropped)."""
     if size < 0:
         return "-" + format_size(-size)
-    for name, mult in _FORMAT_UNITS:
+    for i, (name, mult) in enumerate(_FORMAT_UNITS):
         if size >= mult:
-            text = "%.1f" % (size / mult)
+            text = f"{size / mult:.1f}"
+            if text == "1024.0" and i > 0:  # 1023.96 GiB rounds up to the next unit, not to "1024 GiB"
+                name, text = _FORMAT_UNITS[i - 1][0], "1.0"
             if text.endswith(".0"):
                 text = text[:-2]
             return f"{text} {name}"
