@@ -240,8 +240,10 @@ def _fill(b: SysBlock, disk: Optional[SysBlock] = None) -> None:
         disk_dir = os.path.dirname(base)
     else:
         disk_dir = base
-        b.hidden = read_attr(base + "/hidden") == "1"
-    b.removable = read_attr(disk_dir + "/removable") == "1"
+    # Virtual devices (loop, dm, md, zram...) are never hidden (only NVMe multipath paths are) nor removable.
+    if "/devices/virtual/" not in disk_dir:
+        b.hidden = not b.is_partition and read_attr(base + "/hidden") == "1"
+        b.removable = read_attr(disk_dir + "/removable") == "1"
     queue = disk_dir + "/queue"
     b.rotational = read_attr(queue + "/rotational") == "1"
     b.logical_sector_size = read_int(queue + "/logical_block_size", 512) or 512
