@@ -31,6 +31,14 @@ from directpv_csi.device.probe import probe
 TARGET = 0.5
 
 
+def _backing_file(dev: str) -> str:
+    try:
+        with open(f"/sys/block/{os.path.basename(dev)}/loop/backing_file", encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _timed(fn: Callable[[], object]) -> Tuple[float, float]:
     """(wall ms, CPU ms of this process and its children) of one call."""
     r0c, r0s = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
@@ -52,6 +60,7 @@ def main() -> int:
         print("probe_bench: needs root (loop devices); skipped")
         return 0
     attached: List[str] = []
+    images: Dict[str, str] = {}  # device -> our backing file (a device is detached only while it is still ours)
     with tempfile.TemporaryDirectory(prefix="probe-bench-") as tmp:
         try:
             t0 = time.perf_counter()
@@ -69,8 +78,14 @@ def main() -> int:
                     ["losetup", "--find", "--show", img], check=True, capture_output=True, text=True
                 ).stdout.strip()
                 attached.append(dev)
+                images[dev] = img
             setup = time.perf_counter() - t0
             names = {os.path.basename(d) for d in attached}
+            if len(names) != len(attached):
+                print(
+                    f"WARNING: {len(attached) - len(names)} of our devices were detached by another process "
+                    "during setup and their names reused"
+                )
             print(f"attached {len(attached)} loop devices ({args.size} sparse each) in {setup:.1f} s")
 
             cold_t0 = time.perf_counter()
@@ -124,8 +139,11 @@ def main() -> int:
             print(f"ratio probe/lsblk CPU  = {cmed['probe'] / cmed['lsblk']:.2f}x")
             return 0
         finally:
-            for dev in attached:
-                subprocess.run(["losetup", "--detach", dev], capture_output=True)
+            for dev in dict.fromkeys(attached):
+                if _backing_file(dev) == images[dev]:
+                    subprocess.run(["losetup", "--detach", dev], capture_output=True)
+                else:
+                    print(f"not detaching {dev}: no longer backed by our image (someone else detached it)")
 
 
 if __name__ == "__main__":
