@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import DirectPVError, FailedPrecondition, InvalidArgument, Unsupported
+from ..core.errors import FailedPrecondition, InvalidArgument, Unsupported
 from ..core.models import Volume
 from ..device import quota
 
@@ -46,7 +46,8 @@ def volume_path(drive_mount: Path, name: str) -> Path:
 
 def ensure_volume_dir(drive_mount: Path, volume: Volume, with_quota: bool) -> Path:
     """Create the volume's directory (idempotent) and, when ``with_quota``, tag it with
-    the volume's project ID and set the project's hard limit to ``volume.size``."""
+    the volume's project ID and set the project's hard limit to ``volume.size``. Without
+    quota nothing is tagged: the first stage after the drive gains prjquota does it."""
     path = volume_path(drive_mount, volume.name)
     try:
         os.mkdir(path, 0o755)
@@ -58,12 +59,6 @@ def ensure_volume_dir(drive_mount: Path, volume: Volume, with_quota: bool) -> Pa
             ) from None
     if with_quota:
         set_volume_quota(drive_mount, path, volume.project_id, volume.size)
-    elif volume.project_id > 0:
-        # Tag anyway (works on any XFS): the limits follow once the drive is mounted with prjquota.
-        try:
-            quota.set_project(str(path), volume.project_id)
-        except (OSError, DirectPVError) as exc:
-            log.debug("cannot tag %s with project %d: %s", path, volume.project_id, exc)
     return path
 
 
