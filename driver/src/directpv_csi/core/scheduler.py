@@ -18,7 +18,7 @@ Ties break on the drive id, so a decision is deterministic.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import AbstractSet, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import AbstractSet, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .models import DRIVE_READY, Drive
 from .units import format_size
@@ -73,36 +73,40 @@ def refusal_reason(drive: Drive, request: Request, claimed: AbstractSet[str] = f
     return ""
 
 
-def _better(a: Drive, b: Drive, placement: str) -> bool:
-    """True when ``a`` is a better choice than ``b``."""
+def _key(placement: str) -> Callable[[Drive], Tuple[int, int, str]]:
+    """Sort key of the best drive (smallest first) for ``placement``; ties on the drive id."""
     if placement == PLACEMENT_BIN_PACK:
-        ka: Tuple[int, ...] = (a.free,)
-        kb: Tuple[int, ...] = (b.free,)
-    elif placement == PLACEMENT_SPREAD:
-        ka, kb = (a.volume_count, -a.free), (b.volume_count, -b.free)
-    else:
-        ka, kb = (-a.free, a.volume_count), (-b.free, b.volume_count)
-    if ka != kb:
-        return ka < kb
-    return a.drive_id < b.drive_id
+        return lambda d: (d.total - d.allocated, 0, d.drive_id)
+    if placement == PLACEMENT_SPREAD:
+        return lambda d: (d.volume_count, d.allocated - d.total, d.drive_id)
+    return lambda d: (d.allocated - d.total, d.volume_count, d.drive_id)
 
 
 def choose(candidates: Iterable[Drive], request: Request, claimed: AbstractSet[str] = frozenset(),
            exclude: AbstractSet[str] = frozenset()) -> Decision:
     """The best drive among ``candidates`` for ``request``, or every refusal.
 
-    ``exclude``: drive ids already tried and lost in this request (not reported)."""
-    best: Optional[Drive] = None
-    refusals: List[Refusal] = []
-    for drive in candidates:
-        if drive.drive_id in exclude:
+    ``exclude``: drive ids already tried and lost in this request (not reported).
+    One cheap pass keeps the drives that fit; reasons are worked out only for the
+    refused ones, so a decision over many drives stays fast."""
+    size, tier, labels = request.size, request.access_tier.lower(), request.labels
+    claim = request.claim
+    fits: List[Drive] = []
+    others: List[Drive] = []
+    for d in candidates:
+        if d.drive_id in exclude:
             continue
-        reason = refusal_reason(drive, request, claimed)
-        if reason:
-            refusals.append(Refusal(drive.drive_id, drive.node, reason))
-        elif best is None or _better(drive, best, request.placement):
-            best = drive
-    return Decision(best, tuple(refusals))
+        if (d.status == DRIVE_READY and d.schedulable and d.total - d.allocated >= size
+                and (not tier or d.access_tier.lower() == tier)
+                and (not labels or all(d.labels.get(k) == v for k, v in labels.items()))
+                and (not claim or d.drive_id not in claimed)):
+            fits.append(d)
+        else:
+            others.append(d)
+    refusals = tuple(Refusal(d.drive_id, d.node, refusal_reason(d, request, claimed)) for d in others)
+    if not fits:
+        return Decision(None, refusals)
+    return Decision(min(fits, key=_key(request.placement)), refusals)
 
 
 def summarize(refusals: Sequence[Refusal], limit: int = 20) -> str:
