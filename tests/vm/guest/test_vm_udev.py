@@ -38,6 +38,8 @@ def test_scsi_disk_wwn_vendor_model(devices: Dict[str, Device]) -> None:
     d = devices["scsi"]
     assert d.name.startswith("sd")
     assert d.udev.get("ID_SCSI_SERIAL") == spec["serial"]  # VPD page 0x80, from scsi_id run by udev's rules
+    # The unit serial, not udev's ID_SERIAL_SHORT (which is the WWN on a SCSI disk that has one).
+    assert d.serial == spec["serial"]
     assert d.wwn == spec["wwn"]
     assert d.udev.get("ID_WWN") == spec["wwn"]
     assert (d.vendor, d.model) == (spec["vendor"], spec["product"])
@@ -45,16 +47,6 @@ def test_scsi_disk_wwn_vendor_model(devices: Dict[str, Device]) -> None:
     assert any(link.startswith("/dev/disk/by-id/scsi-") for link in d.by_id), d.by_id
     assert hardware_id(d) == spec["wwn"]
     assert d.transport == "scsi", d.transport
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="device/probe.py takes udev's ID_SERIAL_SHORT, which for a SCSI disk with a WWN is the WWN "
-    "(5000c500...), not the unit serial (ID_SCSI_SERIAL, VPD page 0x80) that udisks and multipath report; "
-    "remove this marker when the probe prefers ID_SCSI_SERIAL",
-)
-def test_scsi_disk_serial_is_the_unit_serial(devices: Dict[str, Device]) -> None:
-    assert devices["scsi"].serial == SPECS["scsi"]["serial"]
 
 
 def test_virtio_disk_serial(devices: Dict[str, Device]) -> None:
