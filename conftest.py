@@ -47,6 +47,15 @@ def _mounted_from(dev: str) -> List[str]:
     return sorted(points, key=len, reverse=True)
 
 
+def _backing_file(dev: str) -> str:
+    """The file a loop device is attached to now ("" when detached)."""
+    try:
+        with open(f"/sys/block/{os.path.basename(dev)}/loop/backing_file", encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 @pytest.fixture
 def loopdev(tmp_path: Path) -> Iterator[Callable[..., str]]:
     """``loopdev(size="400M", read_only=False) -> "/dev/loopN"``.
@@ -57,6 +66,7 @@ def loopdev(tmp_path: Path) -> Iterator[Callable[..., str]]:
     if not _is_root():
         pytest.skip("needs root to attach loop devices; CI runs as root")
     created: List[str] = []
+    backings: List[Path] = []
 
     def make(size: str = "400M", read_only: bool = False) -> str:
         backing = tmp_path / f"drive{len(created)}.img"
@@ -64,12 +74,16 @@ def loopdev(tmp_path: Path) -> Iterator[Callable[..., str]]:
         cmd = ["losetup", "--find", "--show"] + (["--read-only"] if read_only else []) + [str(backing)]
         dev = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
         created.append(dev)
+        backings.append(backing)
         return dev
 
     yield make
-    for dev in created:
+    for dev, backing in zip(created, backings):
+        # A test may have detached the device itself, and the name may since have been
+        # reused by another test: act only while it still points at our own file.
+        if _backing_file(dev) != str(backing):
+            continue
         subprocess.run(["swapoff", dev], capture_output=True)
-        if os.path.exists(dev):
-            for point in _mounted_from(dev):
-                subprocess.run(["umount", "-l", point], capture_output=True)
+        for point in _mounted_from(dev):
+            subprocess.run(["umount", "-l", point], capture_output=True)
         subprocess.run(["losetup", "--detach", dev], capture_output=True)

@@ -59,14 +59,14 @@ class Device:
 
     @property
     def majmin(self) -> str:
-        return "%d:%d" % (self.major, self.minor)
+        return f"{self.major}:{self.minor}"
 
     @property
     def make(self) -> str:
         """Human "make" column: dm name, vendor and model, partition number."""
         parts = [p for p in (self.dm_name, self.vendor, self.model) if p]
         if self.is_partition and self.partition_number:
-            parts.append("(Part %d)" % self.partition_number)
+            parts.append(f"(Part {self.partition_number})")
         return " ".join(parts)
 
 

@@ -124,6 +124,8 @@ def probe(
             if b.is_partition and disk is not None:
                 b.transport, b.vendor, b.model = disk.transport, disk.vendor, disk.model
 
+    # A free loop device (nothing attached, size 0) is a slot, not a device: lsblk hides it too.
+    blocks = [b for b in blocks if not (b.transport == "loop" and b.sectors == 0 and not b.loop_backing_file)]
     all_blocks_by_majmin = {b.majmin: b.name for b in blocks}
     dm_names = {b.dm_name: b.name for b in blocks if b.dm_name}
 
