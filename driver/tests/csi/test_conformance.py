@@ -207,6 +207,9 @@ def test_topology_preferred_order_then_requisite(csi: Csi) -> None:
     assert "big" not in err.details()
     err = rpc_error(csi.controller.CreateVolume, create_req("e", GiB, requisite=[node_topo("n9")]))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # a preferred segment outside the requisite ones is ignored: the volume must be reachable from a requisite one
+    req = create_req("g", GiB, requisite=[node_topo("n2")], preferred=[node_topo("n1"), node_topo("n2")])
+    assert csi.controller.CreateVolume(req).volume.volume_context["directpv.dev/node"] == "n2"
     # no topology at all: most free anywhere
     assert csi.controller.CreateVolume(create_req("f", GiB)).volume.volume_context["directpv.dev/node"] == "n1"
 

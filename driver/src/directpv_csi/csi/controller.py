@@ -108,8 +108,9 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         """Topology segments in the order they are tried (an empty dict = every drive)."""
         if req is None:
             return [{}]
-        preferred = [dict(t.segments) for t in req.preferred]
         requisite = [dict(t.segments) for t in req.requisite]
+        # the volume MUST be reachable from a requisite segment: a preferred one outside them is ignored
+        preferred = [dict(t.segments) for t in req.preferred if not requisite or dict(t.segments) in requisite]
         tiers: List[Segments] = list(preferred)
         rest = [s for s in requisite if s not in preferred] if requisite else [{}]
         tiers.extend(rest)
