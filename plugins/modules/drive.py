@@ -23,7 +23,7 @@ description:
   - Check mode returns the plan (the exact commands) and runs nothing. Diff mode shows the device before and
     after (filesystem, label, drive ID). Idempotent - a drive already ours reports no change.
 author:
-  - directpv.csi maintainers
+  - directpv.csi maintainers (@directpv-csi)
 extends_documentation_fragment:
   - directpv.csi.device_policy
 attributes:

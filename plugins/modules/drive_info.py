@@ -13,14 +13,14 @@ short_description: List a host's block devices with their availability as Direct
 version_added: 0.1.0
 description:
   - Probes every block device of the managed host from sysfs, C(/proc) and the devices' own
-    signatures (no udevd needed) and judges each one: available, available only with force
+    signatures (no udevd needed) and judges each one - available, available only with force
     (it holds a filesystem or a partition table), already a DirectPV drive, or unusable.
   - Every unavailable device carries all of its reasons (mounted, held, root disk, too small, ...).
   - Returns the devices, a DirectPV-style table (C(ID NODE DRIVE SIZE FILESYSTEM MAKE AVAILABLE DESCRIPTION))
     and this node's entry of a DirectPV C(drives.yaml).
   - Read-only; runs the same in check mode.
 author:
-  - directpv.csi maintainers
+  - directpv.csi maintainers (@directpv-csi)
 extends_documentation_fragment:
   - directpv.csi.device_policy
 attributes:
@@ -96,7 +96,7 @@ devices:
       description: Already a DirectPV drive.
       type: bool
     drive_id:
-      description: The drive ID (filesystem UUID) when O(ours); otherwise empty.
+      description: The drive ID (filesystem UUID) when RV(devices[].ours) is true; otherwise empty.
       type: str
     description:
       description: All reasons, joined.

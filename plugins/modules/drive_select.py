@@ -23,7 +23,7 @@ description:
     the root disk, and filters that match nothing.
   - Read-only; runs the same in check mode.
 author:
-  - directpv.csi maintainers
+  - directpv.csi maintainers (@directpv-csi)
 extends_documentation_fragment:
   - directpv.csi.device_policy
 attributes:

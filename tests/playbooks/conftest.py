@@ -23,7 +23,7 @@ BIN = Path(sys.executable).parent
 
 
 def blkid(dev: str) -> Dict[str, str]:
-    out = subprocess.run(["blkid", "-p", "-o", "export", dev], capture_output=True, text=True).stdout
+    out = subprocess.run(["blkid", "-p", "-o", "export", dev], capture_output=True, text=True, check=False).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
@@ -51,6 +51,10 @@ class Run:
                     if res.get("failed"):
                         out.append((host, task["task"]["name"], str(res.get("msg", ""))))
         return out
+
+    def messages(self, host: str) -> List[str]:
+        """Messages of the failed task results of ``host``."""
+        return [msg for h, _task, msg in self.failures() if h == host]
 
     def results(self, task_name: str) -> Dict[str, Dict[str, Any]]:
         for play in self.data.get("plays", []):
@@ -96,6 +100,7 @@ def playbook(tmp_path: Path, collections_path: Path) -> Callable[..., Run]:
             env=e,
             cwd=tmp_path,
             timeout=600,
+            check=False,
         )
         try:
             data = json.loads(proc.stdout)
