@@ -230,8 +230,10 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                                  labels={**vol.labels, LABEL_STAGED_WITH: cap.digest})
                 return csi_pb2.NodeStageVolumeResponse()
             if not os.path.isdir(staging):
-                raise FailedPrecondition(f"staging_target_path {staging} does not exist or is not a directory",
-                               "the container orchestrator creates the staging directory before NodeStageVolume")
+                raise FailedPrecondition(
+                    f"staging_target_path {staging} does not exist or is not a directory",
+                    "the container orchestrator creates the staging directory before NodeStageVolume",
+                )
             if not md.quota:
                 self._no_quota(md)
             _volumes.ensure_volume_dir(md.mount, vol, with_quota=md.quota)
@@ -311,8 +313,10 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                     raise FailedPrecondition(f"target_path {target} exists and is not a directory",
                                              "remove it; the driver creates the target directory") from None
             except FileNotFoundError:
-                raise FailedPrecondition(f"the parent directory of target_path {target} does not exist",
-                               "the container orchestrator creates the parent of the target path") from None
+                raise FailedPrecondition(
+                    f"the parent directory of target_path {target} does not exist",
+                    "the container orchestrator creates the parent of the target path",
+                ) from None
             _mount.bind(staging, target, read_only=read_only)
             try:
                 if cap.extra_bits:
