@@ -584,11 +584,22 @@ def print_console(work: Path) -> None:
     print("=" * 79, flush=True)
 
 
+def vm_marked_files(repo: Path = REPO) -> List[str]:
+    """Test files outside tests/vm that mark tests ``vm`` (``pytest.mark.vm``): the project's own
+    real-kernel tests (e.g. driver/tests/device/test_quota_enforced.py), run in the same boot."""
+    found = []
+    for top in ("driver/tests", "tests"):
+        for path in sorted((repo / top).rglob("test_*.py")):
+            rel = path.relative_to(repo)
+            if rel.parts[:2] == ("tests", "vm") or any(p in (".venv", "output") for p in rel.parts):
+                continue
+            if "mark.vm" in path.read_text(errors="replace"):
+                found.append(str(rel))
+    return found
+
+
 def default_suites() -> List[Suite]:
-    args = ["tests/vm/guest", "--ignore=tests/vm/guest/selftest"]
-    extra = REPO / "driver" / "tests" / "device" / "test_quota_enforced.py"
-    if extra.exists():
-        args.append(str(extra.relative_to(REPO)))
+    args = ["tests/vm/guest", "--ignore=tests/vm/guest/selftest", *vm_marked_files()]
     return [Suite("guest", args), canary_suite()]
 
 

@@ -198,3 +198,12 @@ def test_default_run_includes_the_canary() -> None:
     assert [s.name for s in suites] == ["guest", "canary"]
     assert "--ignore=tests/vm/guest/selftest" in suites[0].args
     assert (h.REPO / suites[1].args[0]).exists()
+
+
+def test_vm_marked_files_are_found_outside_tests_vm(tmp_path: Path) -> None:
+    (tmp_path / "driver" / "tests" / "device").mkdir(parents=True)
+    (tmp_path / "tests" / "vm" / "guest").mkdir(parents=True)
+    (tmp_path / "driver" / "tests" / "device" / "test_q.py").write_text("pytestmark = pytest.mark.vm\n")
+    (tmp_path / "driver" / "tests" / "device" / "test_plain.py").write_text("def test_x(): pass\n")
+    (tmp_path / "tests" / "vm" / "guest" / "test_g.py").write_text("pytestmark = pytest.mark.vm\n")
+    assert h.vm_marked_files(tmp_path) == ["driver/tests/device/test_q.py"]
