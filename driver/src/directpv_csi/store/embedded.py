@@ -9,9 +9,10 @@ Durability and consistency
   * Every write runs in a transaction with its own SAVEPOINT: a volume row and its
     drive's ``allocated``/``volume_count`` change together or not at all, so a crash
     can never leak or double a reservation. :meth:`check` verifies it.
-  * Group commit: one writer thread takes every queued write, runs them in one
-    transaction and COMMITs once (one fsync per batch, not per write). Under a burst
-    of CreateVolume calls the fsync cost is shared; a lone write pays one fsync.
+  * Group commit: the caller holding the writer lock takes every queued write, runs
+    them in one transaction and COMMITs once (one fsync per batch, not per write).
+    Under a burst of CreateVolume calls the fsync cost is shared; a lone write pays
+    one fsync and no thread hand-off.
 
 Speed and concurrency
   * Drives are held in memory, indexed by id and by node, updated after each commit:
@@ -25,7 +26,6 @@ Speed and concurrency
 from __future__ import annotations
 
 import json
-import queue
 import sqlite3
 import threading
 import time
@@ -170,8 +170,9 @@ class EmbeddedStore:
         self._readers: List[sqlite3.Connection] = []
         self._local = threading.local()
         self._closed = False
-        self._queue: queue.SimpleQueue[Optional[_Op]] = queue.SimpleQueue()
-        self._writer: Optional[threading.Thread] = None
+        self._pending: List[_Op] = []
+        self._pending_lock = threading.Lock()
+        self._writing = threading.Lock()  # held by the thread committing a batch
         self._db: Optional[sqlite3.Connection] = None
         if not read_only:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -185,9 +186,6 @@ class EmbeddedStore:
         self._drives: Dict[str, Drive] = {}
         self._by_node: Dict[str, Dict[str, Drive]] = {}
         self._load()
-        if not read_only:
-            self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
-            self._writer.start()
 
     # ------------------------------------------------------------------ plumbing
     def _reader(self) -> sqlite3.Connection:
@@ -208,45 +206,45 @@ class EmbeddedStore:
         return conn
 
     def _submit(self, fn: Callable[[sqlite3.Connection, Dict[str, Optional[Drive]]], Any]) -> Any:
-        """Run ``fn(db, overlay)`` in the writer thread and wait until its batch is committed.
+        """Run ``fn(db, overlay)`` in a write transaction and return once it is committed.
 
-        Group commit: the writer takes every queued write, runs each under its own
-        SAVEPOINT (a failing write is rolled back alone), then COMMITs once — one fsync
-        for the whole batch. A write returns only when it is durable. ``overlay`` holds
-        the drives changed so far in the batch (None = deleted); the index is updated
-        from it after the commit."""
+        Group commit, leader style: the write is queued; the first caller to get the
+        writer lock takes every queued write, runs each under its own SAVEPOINT (a
+        failing write is rolled back alone) and COMMITs once: one fsync for the batch.
+        Callers that find their write already committed by a leader return at once. A
+        lone writer commits its own write with no thread hand-off. ``overlay`` holds the
+        drives changed so far in the batch (None = deleted); the index is updated from
+        it after the commit."""
         if self.read_only:
             raise FailedPrecondition(f"store {self.path} is open read-only", "open it without read_only to change it")
-        if self._closed:
-            raise FailedPrecondition(f"store {self.path} is closed", "open it again")
         op = _Op(fn)
-        self._queue.put(op)
-        op.done.wait()
+        with self._pending_lock:
+            self._pending.append(op)
+        with self._writing:
+            if not op.done.is_set():
+                if self._closed or self._db is None:
+                    raise FailedPrecondition(f"store {self.path} is closed", "open it again")
+                with self._pending_lock:
+                    batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH:]
+                self._run_batch(self._db, batch)
+        if not op.done.is_set():  # more than MAX_BATCH were queued: commit the rest
+            return self._wait_rest(op)
         if op.error is not None:
             raise op.error
         return op.result
 
-    def _write_loop(self) -> None:
-        db = self._db
-        assert db is not None
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
+    def _wait_rest(self, op: _Op) -> Any:
+        while not op.done.is_set():
+            with self._writing:
+                if op.done.is_set():
                     break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._run_batch(db, batch)
-            if stop:
-                return
+                assert self._db is not None
+                with self._pending_lock:
+                    batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH:]
+                self._run_batch(self._db, batch)
+        if op.error is not None:
+            raise op.error
+        return op.result
 
     def _run_batch(self, db: sqlite3.Connection, batch: List[_Op]) -> None:
         overlay: Dict[str, Optional[Drive]] = {}
@@ -583,7 +581,7 @@ class EmbeddedStore:
             self._reader().execute("SELECT 1").fetchone()
         except (sqlite3.Error, DirectPVError):
             return False
-        return self.read_only or (self._writer is not None and self._writer.is_alive())
+        return self.read_only or not self._closed
 
     def iter_all_volumes(self, page: int = 1000) -> Iterator[Volume]:
         after = ""
@@ -597,12 +595,10 @@ class EmbeddedStore:
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        if self._writer is not None:
-            self._queue.put(None)
-            self._writer.join()
-        if self._db is not None:
-            self._db.close()
+        with self._writing:
+            self._closed = True
+            if self._db is not None:
+                self._db.close()
         with self._lock:
             for conn in self._readers:
                 conn.close()
