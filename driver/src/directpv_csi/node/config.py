@@ -4,6 +4,7 @@ paths the container orchestrator may hand it."""
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,21 @@ TOPOLOGY_NODE_KEY = "directpv.dev/node"
 DEFAULT_STATE_DIR = Path("/var/lib/directpv-csi")
 DEFAULT_KUBELET_DIRS: tuple[Path, ...] = (Path("/var/lib/kubelet"),)
 MOUNT_SUBDIR = "mnt"
+
+
+def _no_symlink_below(prefix: str, rel: str) -> bool:
+    """False when a component of ``rel`` under ``prefix`` is a symlink (it could lead a
+    mount outside the kubelet dir). A few lstat calls: cheaper than realpath on the hot path."""
+    cur = prefix.rstrip("/")
+    for part in rel.split("/"):
+        cur = cur + "/" + part
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            return True  # nothing below exists: nothing to follow
+        if stat.S_ISLNK(st.st_mode):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -66,11 +82,11 @@ class NodeConfig:
         if ".." in path.split("/"):
             return False
         norm = os.path.normpath(path)
-        if not any(norm.startswith(str(root).rstrip("/") + "/") for root in self.kubelet_dirs):
-            return False
-        # a symlink inside a kubelet dir must not lead the mount elsewhere
-        real = os.path.realpath(norm)
-        return any(real.startswith(os.path.realpath(root).rstrip("/") + "/") for root in self.kubelet_dirs)
+        for root in self.kubelet_dirs:
+            prefix = str(root).rstrip("/") + "/"
+            if norm.startswith(prefix):
+                return _no_symlink_below(prefix, norm[len(prefix):])
+        return False
 
     def check_path(self, path: str, what: str) -> str:
         """``path`` normalised, or InvalidArgument naming ``what`` and the allowed roots."""
