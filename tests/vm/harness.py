@@ -511,6 +511,7 @@ class Suite:
     args: List[str]  # pytest arguments (paths relative to the repo, options)
     # A canary: this suite must fail, with exactly one failing test whose name contains this.
     expect_failure: str = ""
+    background: bool = False  # run alongside the others (its output goes to its .out file only)
 
 
 def write_guest_env(work: Path, suites: Sequence[Suite], udev: Optional[Path], kernel: Kernel) -> None:
@@ -523,7 +524,8 @@ def write_guest_env(work: Path, suites: Sequence[Suite], udev: Optional[Path], k
         "PYTHON": str(python),
         "KROOT": str(kernel.modules_root),
         "UDEV": str(udev) if udev else "",
-        "SUITES": " ".join(s.name for s in suites),
+        "SUITES": " ".join(s.name for s in suites if not s.background),
+        "BG_SUITES": " ".join(s.name for s in suites if s.background),
     }
     lines = [f"{k}={shlex.quote(v)}" for k, v in env.items()]
     for s in suites:
@@ -605,7 +607,12 @@ def default_suites() -> List[Suite]:
 
 def canary_suite() -> Suite:
     """Runs in every default boot: the deliberately broken guest test must be reported."""
-    return Suite("canary", ["tests/vm/guest/selftest/test_selftest_fail.py"], expect_failure="test_deliberately_broken")
+    return Suite(
+        "canary",
+        ["tests/vm/guest/selftest/test_selftest_fail.py"],
+        expect_failure="test_deliberately_broken",
+        background=True,
+    )
 
 
 def self_test_suites() -> List[Suite]:

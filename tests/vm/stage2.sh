@@ -61,15 +61,25 @@ PATH="$(dirname "$PYTHON"):$PATH"
 export PATH
 mkdir -p "$HOME"
 cd "$REPO" || { say "no repo at $REPO"; off; }
-for s in $SUITES; do
-  eval "args=\$ARGS_$s"
-  say "suite $s: pytest $args"
+run_suite() {  # name, then "fg" (output also on the console) or "bg" (output to its file only)
+  eval "args=\$ARGS_$1"
+  say "suite $1: pytest $args"
   t0=$(cut -d. -f1 /proc/uptime)
   # shellcheck disable=SC2086
-  eval "set -- $args"
-  { "$PYTHON" -m pytest -p no:cacheprovider -v -rA --junitxml="$RESULTS/$s.xml" "$@"; echo $? > "$RESULTS/$s.rc"; } \
-    2>&1 | tee "$RESULTS/$s.out"
-  rc=$(cat "$RESULTS/$s.rc" 2>/dev/null)
-  say "suite $s: exit $rc in $(( $(cut -d. -f1 /proc/uptime) - t0 )) s"
-done
+  eval "set -- $1 $2 $args"
+  s=$1 mode=$2; shift 2
+  if [ "$mode" = fg ]; then
+    { "$PYTHON" -m pytest -p no:cacheprovider -v -rA --junitxml="$RESULTS/$s.xml" "$@"; echo $? > "$RESULTS/$s.rc"; } \
+      2>&1 | tee "$RESULTS/$s.out"
+  else
+    "$PYTHON" -m pytest -p no:cacheprovider -v -rA --junitxml="$RESULTS/$s.xml" "$@" > "$RESULTS/$s.out" 2>&1
+    echo $? > "$RESULTS/$s.rc"
+  fi
+  say "suite $s: exit $(cat "$RESULTS/$s.rc" 2>/dev/null) in $(( $(cut -d. -f1 /proc/uptime) - t0 )) s"
+}
+
+# Background suites (the canary) run on the second vCPU while the others run in turn.
+for s in ${BG_SUITES:-}; do run_suite "$s" bg & done
+for s in $SUITES; do run_suite "$s" fg; done
+wait
 off
