@@ -107,10 +107,20 @@ class _Cap:
         self.digest = hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
+_CAP_CACHE: dict[bytes, _Cap] = {}  # a node sees a handful of distinct capabilities
+
+
 def _capability(request: object, what: str) -> _Cap:
     if not request.HasField("volume_capability"):  # type: ignore[attr-defined]
         raise InvalidArgument(f"{what}: volume capability is missing", "pass the volume capability")
-    return _Cap(request.volume_capability, what)  # type: ignore[attr-defined]
+    cap = request.volume_capability  # type: ignore[attr-defined]
+    key = cap.SerializeToString(deterministic=True)
+    found = _CAP_CACHE.get(key)
+    if found is None:
+        found = _Cap(cap, what)  # raises for an unsupported one: never cached
+        if len(_CAP_CACHE) < 256:
+            _CAP_CACHE[key] = found
+    return found
 
 
 class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
