@@ -143,6 +143,7 @@ def main() -> int:
     ap.add_argument("--drives-per-node", type=int, default=10)
     ap.add_argument("--creates", type=int, default=3000, help="CreateVolume calls per measured phase")
     ap.add_argument("--threads", type=int, default=8, help="client threads of the concurrent phase")
+    ap.add_argument("--workers", type=int, default=16, help="the server's gRPC worker threads")
     ap.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL",
                     help="the server's SQLite durability (FULL is the product default; NORMAL shows its cost)")
     args = ap.parse_args()
@@ -188,7 +189,7 @@ def main() -> int:
         log = open(work / "server.log", "wb")  # noqa: SIM115 - closed in finally
         proc = subprocess.Popen([sys.executable, "-m", "directpv_csi.cmd.main", "standalone", "--state-dir",
                                  str(work), "--endpoint", f"unix://{sock}", "--no-node", "--log-level", "WARNING",
-                                 "--synchronous", args.synchronous],
+                                 "--synchronous", args.synchronous, "--workers", str(args.workers)],
                                 stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONPATH": str(REPO / "driver" / "src")})
         deadline = time.monotonic() + 60
