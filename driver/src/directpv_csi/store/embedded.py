@@ -164,6 +164,9 @@ class EmbeddedStore:
     def __init__(self, path: str, *, read_only: bool = False, synchronous: str = "FULL") -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise InvalidArgument(f"synchronous={synchronous!r} is not supported", "use FULL (default) or NORMAL")
+        if not path or ":memory:" in path:
+            raise InvalidArgument(f"store path {path!r} is not a file", "give a file path (readers use their own "
+                                  "connections, which an in-memory database would not share)")
         self.path = path
         self.read_only = read_only
         self._lock = threading.RLock()  # guards the in-memory drive index
