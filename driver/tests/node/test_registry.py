@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Dict
 
 import pytest
-from directpv_csi.core.models import DRIVE_ERROR, DRIVE_LOST, DRIVE_READY, Volume
+from directpv_csi.core.models import DRIVE_ERROR, DRIVE_LOST, DRIVE_READY, DRIVE_REMOVED, Drive, Volume
 from directpv_csi.device import mount as m
 from directpv_csi.node.registry import DriveRegistry
 from directpv_csi.store.embedded import EmbeddedStore
@@ -239,3 +239,27 @@ def test_release_volume_now(registry: DriveRegistry, store: EmbeddedStore, make_
     assert registry.release_volume(deleted)
     assert not (mp / "pvc-now").exists()
     assert not registry.release_volume(deleted)  # already gone
+
+
+def test_removed_drive_stays_removed(
+    registry: DriveRegistry, store: EmbeddedStore, make_drive: Callable[..., OurDrive]
+) -> None:
+    a = make_drive()
+    registry.sync()
+    store.update_drive(a.drive_id, status=DRIVE_REMOVED, message="released by the operator")
+    drives = {d.drive_id: d for d in registry.sync()}
+    assert drives[a.drive_id].status == DRIVE_REMOVED
+    assert store.get_drive(a.drive_id).status == DRIVE_REMOVED  # type: ignore[union-attr]
+    assert registry.drive_mount(a.drive_id) is None  # no new volumes go there
+
+
+def test_drive_recorded_for_another_node_is_left_alone(
+    registry: DriveRegistry, store: EmbeddedStore, make_drive: Callable[..., OurDrive]
+) -> None:
+    a = make_drive()
+    store.put_drive(Drive(drive_id=a.drive_id, node="node-b", name="sdq", total=2**30))
+    assert registry.sync() == []
+    rec = store.get_drive(a.drive_id)
+    assert rec is not None and rec.node == "node-b" and rec.name == "sdq"
+    assert registry.drive_mount(a.drive_id) is None
+    assert not registry.config.drive_mount_dir(a.drive_id).exists()
