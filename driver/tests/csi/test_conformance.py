@@ -214,6 +214,19 @@ def test_topology_preferred_order_then_requisite(csi: Csi) -> None:
     assert csi.controller.CreateVolume(create_req("f", GiB)).volume.volume_context["directpv.dev/node"] == "n1"
 
 
+def test_zone_topology(csi: Csi) -> None:
+    csi.add_drive("a", "n1", 10 * GiB, topology={"directpv.dev/zone": "z1"})
+    csi.add_drive("b", "n2", 20 * GiB, topology={"directpv.dev/zone": "z2"})
+    vol = csi.controller.CreateVolume(create_req("v", GiB, requisite=[{"directpv.dev/zone": "z1"}])).volume
+    assert [dict(t.segments) for t in vol.accessible_topology] == [{"directpv.dev/node": "n1",
+                                                                   "directpv.dev/zone": "z1"}]
+    req = pb.GetCapacityRequest()
+    req.accessible_topology.segments["directpv.dev/zone"] = "z1"
+    assert csi.controller.GetCapacity(req).available_capacity == 9 * GiB
+    err = rpc_error(csi.controller.CreateVolume, create_req("w", GiB, requisite=[{"directpv.dev/zone": "z9"}]))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def test_parameters_select_drives(csi: Csi) -> None:
     csi.add_drive("hot", "n1", 10 * GiB, access_tier="Hot")
     csi.add_drive("r1", "n1", 20 * GiB, labels={"rack": "r1"})

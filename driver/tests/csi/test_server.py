@@ -92,3 +92,7 @@ def test_standalone_stops_gracefully_on_sigterm(short_dir: Path) -> None:
            "--endpoint", "tcp://127.0.0.1:1"]
     bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode == 1 and "not a unix socket" in bad.stderr
+    cmd = [*server.args[:3], "standalone", "--state-dir", str(short_dir / "s3"), "--topology", "zone=z1"]
+    bad = subprocess.run(cmd, capture_output=True, text=True)
+    assert bad.returncode == 1 and "directpv.dev/<key>=<value>" in bad.stderr
+    assert not (short_dir / "s3").exists()  # refused before anything was created

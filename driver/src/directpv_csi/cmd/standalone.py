@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="allowed root of staging/target paths (repeatable; default /var/lib/kubelet)")
     p.add_argument("--sync-interval", type=float, default=10.0, metavar="S",
                    help="seconds between drive re-scans (default 10)")
+    p.add_argument("--topology", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra topology segment of this node, e.g. directpv.dev/zone=z1 (repeatable)")
     p.add_argument("--max-volumes-per-node", type=int, default=0, help="advertised in NodeGetInfo (0: no limit)")
     p.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL",
                    help="SQLite durability: FULL (default, survives power loss) or NORMAL (survives kill -9)")
@@ -52,6 +54,7 @@ def build(args: argparse.Namespace) -> Any:
     from ..node.registry import DriveRegistry
     from ..store.embedded import EmbeddedStore
 
+    extra_topology = _topology(args.topology)  # bad input: refused before anything is opened
     state = Path(os.path.abspath(args.state_dir))
     state.mkdir(parents=True, exist_ok=True)
     store = EmbeddedStore(str(state / "store.sqlite"), synchronous=args.synchronous)
@@ -61,8 +64,10 @@ def build(args: argparse.Namespace) -> Any:
         return store, None, [identity, controller], identity
 
     kubelet_dirs = tuple(Path(d) for d in args.kubelet_dir) or (Path("/var/lib/kubelet"),)
+    node_id = args.node_id or socket.gethostname()
     config = NodeConfig(
-        node_id=args.node_id or socket.gethostname(),
+        node_id=node_id,
+        topology={"directpv.dev/node": node_id, **extra_topology},
         state_dir=state,
         kubelet_dirs=kubelet_dirs,
         allow_loop=args.allow_loop,
@@ -76,6 +81,19 @@ def build(args: argparse.Namespace) -> Any:
         ("drive registry synced", lambda: bool(getattr(registry, "synced_once", False))),
     ])
     return store, registry, [identity, controller, node], identity
+
+
+def _topology(items: List[str]) -> Dict[str, str]:
+    from ..core.errors import InvalidArgument
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("directpv.dev/") or key == "directpv.dev/node" or not value:
+            raise InvalidArgument(f"--topology {item!r} is not directpv.dev/<key>=<value>",
+                                  "write e.g. --topology directpv.dev/zone=z1 (the node key is set from --node-id)")
+        out[key] = value
+    return out
 
 
 def _device_filter(devices: List[str]) -> Any:
