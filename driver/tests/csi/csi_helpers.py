@@ -92,6 +92,7 @@ class Csi:
         schedulable: bool = True,
         access_tier: str = "Default",
         labels: Optional[dict[str, str]] = None,
+        topology: Optional[dict[str, str]] = None,
     ) -> Drive:
         self.store.put_drive(
             Drive(
@@ -101,7 +102,7 @@ class Csi:
                 total=total,
                 status=status,
                 message=message,
-                topology={"directpv.dev/node": node},
+                topology={"directpv.dev/node": node, **(topology or {})},
             )
         )
         changes: dict[str, Any] = {}
