@@ -239,6 +239,13 @@ def test_release_volume_now(registry: DriveRegistry, store: EmbeddedStore, make_
     assert registry.release_volume(deleted)
     assert not (mp / "pvc-now").exists()
     assert not registry.release_volume(deleted)  # already gone
+    # DeleteVolume holding the shared in-flight table calls it with caller_holds=True
+    v2 = store.reserve_volume(Volume(name="pvc-held", drive_id=a.drive_id, node="node-a", size=2**20, project_id=0))
+    (mp / "pvc-held").mkdir()
+    with registry.inflight.hold("pvc-held"):
+        gone = store.delete_volume(v2.name)
+        assert gone is not None and registry.release_volume(gone, caller_holds=True)
+    assert not (mp / "pvc-held").exists() and "pvc-held" not in registry.inflight
 
 
 def test_removed_drive_stays_removed(

@@ -278,14 +278,17 @@ class DriveRegistry:
 
     # --- garbage collection -------------------------------------------------------
 
-    def release_volume(self, volume: Volume) -> bool:
+    def release_volume(self, volume: Volume, caller_holds: bool = False) -> bool:
         """Remove a deleted volume's directory now (the controller's DeleteVolume hook in
         standalone mode). False when its drive is not mounted here or a node call holds
-        the volume; the periodic ``gc`` then removes it later."""
+        the volume; the periodic ``gc`` then removes it later. ``caller_holds``: the
+        caller already holds the volume in this registry's in-flight table (DeleteVolume
+        with the shared table): ``ControllerServicer(store, on_delete=lambda v:
+        registry.release_volume(v, caller_holds=True))``."""
         md = self._mounted.get(volume.drive_id)
         if md is None or volume.node != self.config.node_id:
             return False
-        if not self.inflight.try_acquire(volume.name):
+        if not caller_holds and not self.inflight.try_acquire(volume.name):
             return False
         try:
             current = self.store.get_volume(volume.name)
@@ -302,7 +305,8 @@ class DriveRegistry:
                         volume.name, md.drive_id, exc)
             return False
         finally:
-            self.inflight.release(volume.name)
+            if not caller_holds:
+                self.inflight.release(volume.name)
 
     def gc(self) -> list[str]:
         """Remove the directories of volumes released in the store (DeleteVolume). Returns
