@@ -251,6 +251,24 @@ class EmbeddedStore:
 
     def _run_batch(self, db: sqlite3.Connection, batch: List[_Op]) -> None:
         overlay: Dict[str, Optional[Drive]] = {}
+        if len(batch) == 1:  # a lone write: its own transaction, no savepoint needed
+            op = batch[0]
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                op.result = op.fn(db, overlay)
+                db.execute("COMMIT")
+            except DirectPVError as exc:  # refused by the write itself: nothing was changed
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                op.error, overlay = exc, {}
+            except BaseException as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                op.error, overlay = DirectPVError(f"store {self.path}: write failed: {exc}",
+                                                  "check the disk holding the state directory"), {}
+            self._apply(overlay)
+            op.done.set()
+            return
         try:
             db.execute("BEGIN IMMEDIATE")
             for op in batch:
@@ -275,14 +293,20 @@ class EmbeddedStore:
                         f"store {self.path}: write failed: {exc}", "check the disk holding the state directory")
                 op.result = None
             overlay = {}
+        self._apply(overlay)
+        for op in batch:
+            op.done.set()
+
+    def _apply(self, overlay: Dict[str, Optional[Drive]]) -> None:
+        """Committed drive changes into the in-memory index."""
+        if not overlay:
+            return
         with self._lock:
             for drive_id, drive in overlay.items():
                 if drive is None:
                     self._unindex(drive_id)
                 else:
                     self._index(drive)
-        for op in batch:
-            op.done.set()
 
     def _cur(self, overlay: Dict[str, Optional[Drive]], drive_id: str) -> Optional[Drive]:
         if drive_id in overlay:
