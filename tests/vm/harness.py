@@ -467,8 +467,9 @@ class SuiteResult:
     tests: int = 0
     failures: int = 0
     errors: int = 0
-    skipped: int = 0
+    skipped: int = 0  # skips and xfails, as junit counts them
     failed_names: List[str] = field(default_factory=list)
+    skipped_names: List[str] = field(default_factory=list)  # real skips (pytest.skip), not xfail
 
     @property
     def ok(self) -> bool:
@@ -497,8 +498,12 @@ def read_suite(results: Path, name: str) -> SuiteResult:
             res.errors += int(s.get("errors", 0))
             res.skipped += int(s.get("skipped", 0))
             for case in s.iter("testcase"):
+                cname = f"{case.get('classname')}::{case.get('name')}"
                 if case.find("failure") is not None or case.find("error") is not None:
-                    res.failed_names.append(f"{case.get('classname')}::{case.get('name')}")
+                    res.failed_names.append(cname)
+                skip = case.find("skipped")
+                if skip is not None and skip.get("type") != "pytest.xfail":
+                    res.skipped_names.append(f"{cname} ({skip.get('message', '')})")
     return res
 
 
@@ -622,9 +627,13 @@ def self_test_suites() -> List[Suite]:
     ]
 
 
-def judge(results: Sequence[SuiteResult], suites: Optional[Sequence[Suite]] = None) -> List[str]:
+def judge(
+    results: Sequence[SuiteResult], suites: Optional[Sequence[Suite]] = None, allow_skips: bool = False
+) -> List[str]:
     """Problems with the run (empty: success). A canary suite (``expect_failure``) must
-    have failed with exactly its one broken test: otherwise failures are being swallowed."""
+    have failed with exactly its one broken test: otherwise failures are being swallowed.
+    A test that skips inside the guest is a problem too (unless ``allow_skips``): the guest
+    exists to provide what tests skip for on the host, so a skip there means nothing was tested."""
     expected = {s.name: s.expect_failure for s in suites or ()}
     problems = []
     for res in results:
@@ -644,7 +653,14 @@ def judge(results: Sequence[SuiteResult], suites: Optional[Sequence[Suite]] = No
                     f"failure (exit {res.exit_code}, {res.failures} failed, {res.errors} errors): guest failures "
                     "would be swallowed"
                 )
-        elif not res.ok:
+        elif res.skipped_names and not allow_skips:
+            problems.append(
+                f"suite {res.name}: {len(res.skipped_names)} test(s) skipped inside the guest: "
+                + "; ".join(res.skipped_names)
+            )
+        if res.exit_code is None or broken:
+            continue
+        if not res.ok:
             if res.tests == 0 and res.exit_code == 0:
                 problems.append(f"suite {res.name}: no test ran")
             else:
@@ -664,6 +680,7 @@ def run(
     verbose: bool,
     keep: bool = False,
     keep_failed: bool = True,
+    allow_skips: bool = False,
 ) -> Tuple[int, List[SuiteResult]]:
     """Boot once, run every suite in the guest. Returns (0 if everything passed else 1, per-suite results)."""
     t_start = time.monotonic()
@@ -694,7 +711,7 @@ def run(
         log(f"FAIL: {e}; work dir kept: {work}")
         return 1, []
     results = [read_suite(work / "results", s.name) for s in suites]
-    problems = judge(results, suites)
+    problems = judge(results, suites, allow_skips=allow_skips)
     if qemu_rc != 0:
         problems.append(f"qemu exited with {qemu_rc}")
     if problems or verbose:
@@ -761,6 +778,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     p.add_argument("--timeout", type=float, default=float(os.environ.get("DIRECTPV_VM_TIMEOUT", 1200)))
     p.add_argument("--no-udev", action="store_true", help="do not start udevd in the guest")
+    p.add_argument("--allow-skips", action="store_true", help="do not fail the run when a test skips inside the guest")
     p.add_argument(
         "--no-canary", action="store_true", help="do not run the deliberately broken canary test in the same boot"
     )
@@ -775,7 +793,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if a.no_canary:
             suites = [s for s in suites if not s.expect_failure]
         disks = load_disks(GUEST_DIR / "disks.json")
-        rc, _ = run(suites, disks, timeout=a.timeout, use_udev=not a.no_udev, verbose=a.verbose, keep=a.keep)
+        rc, _ = run(
+            suites,
+            disks,
+            timeout=a.timeout,
+            use_udev=not a.no_udev,
+            verbose=a.verbose,
+            keep=a.keep,
+            allow_skips=a.allow_skips,
+        )
         return rc
     except Skip as e:
         if os.environ.get(REQUIRED_ENV) == "1":

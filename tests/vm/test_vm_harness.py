@@ -207,3 +207,19 @@ def test_vm_marked_files_are_found_outside_tests_vm(tmp_path: Path) -> None:
     (tmp_path / "driver" / "tests" / "device" / "test_plain.py").write_text("def test_x(): pass\n")
     (tmp_path / "tests" / "vm" / "guest" / "test_g.py").write_text("pytestmark = pytest.mark.vm\n")
     assert h.vm_marked_files(tmp_path) == ["driver/tests/device/test_q.py"]
+
+
+def test_a_skip_inside_the_guest_fails_the_run_but_an_xfail_does_not(tmp_path: Path) -> None:
+    (tmp_path / "s.rc").write_text("0\n")
+    (tmp_path / "s.xml").write_text(
+        '<testsuites><testsuite name="pytest" tests="3" failures="0" errors="0" skipped="2">'
+        '<testcase classname="m" name="test_ok"/>'
+        '<testcase classname="m" name="test_skip"><skipped type="pytest.skip" message="no quota"/></testcase>'
+        '<testcase classname="m" name="test_xf"><skipped type="pytest.xfail" message="known"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    res = h.read_suite(tmp_path, "s")
+    assert res.skipped_names == ["m::test_skip (no quota)"]
+    problems = h.judge([res])
+    assert len(problems) == 1 and "skipped inside the guest" in problems[0] and "test_skip" in problems[0]
+    assert h.judge([res], allow_skips=True) == []
