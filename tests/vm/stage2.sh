@@ -69,10 +69,10 @@ run_suite() {  # name, then "fg" (output also on the console) or "bg" (output to
   eval "set -- $1 $2 $args"
   s=$1 mode=$2; shift 2
   if [ "$mode" = fg ]; then
-    { "$PYTHON" -m pytest -p no:cacheprovider -v -rA --junitxml="$RESULTS/$s.xml" "$@"; echo $? > "$RESULTS/$s.rc"; } \
+    { "$PYTHON" -m pytest -p no:cacheprovider -v -rA --durations=8 --junitxml="$RESULTS/$s.xml" "$@"; echo $? > "$RESULTS/$s.rc"; } \
       2>&1 | tee "$RESULTS/$s.out"
   else
-    "$PYTHON" -m pytest -p no:cacheprovider -v -rA --junitxml="$RESULTS/$s.xml" "$@" > "$RESULTS/$s.out" 2>&1
+    "$PYTHON" -m pytest -p no:cacheprovider -v -rA --durations=8 --junitxml="$RESULTS/$s.xml" "$@" > "$RESULTS/$s.out" 2>&1
     echo $? > "$RESULTS/$s.rc"
   fi
   say "suite $s: exit $(cat "$RESULTS/$s.rc" 2>/dev/null) in $(( $(cut -d. -f1 /proc/uptime) - t0 )) s"
