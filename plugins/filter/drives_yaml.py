@@ -27,7 +27,8 @@ def drives_yaml(text: Any, source: str = "drives.yaml", host: str = "") -> Dict[
             f"{where}{source} is not valid YAML{at}: {problem}; fix the file (see playbooks/discover.yml to write one)"
         ) from None
     try:
-        return validate_drives_yaml(doc, source)
+        checked: Dict[str, Any] = validate_drives_yaml(doc, source)
+        return checked
     except InvalidArgument as exc:
         raise AnsibleFilterError(f"{where}{exc}") from None
 

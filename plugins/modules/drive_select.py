@@ -235,7 +235,7 @@ def choose(params: Dict[str, Any]) -> Dict[str, Any]:
         node=node,
     )
     tokens = {d.name: state_token(d) for d in devices}
-    result = selection.as_dict()
+    result: Dict[str, Any] = selection.as_dict()
     for item in result["selected"]:
         item["token"] = tokens[item["name"]]
     result.update(changed=False, node=node)

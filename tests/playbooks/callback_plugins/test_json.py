@@ -10,6 +10,7 @@ tests read results, not text. Shape: {"plays": [{"play": {"name"}, "tasks": [{"t
 from __future__ import annotations
 
 import json
+from typing import Any, Dict, List
 
 from ansible.plugins.callback import CallbackBase
 
@@ -22,52 +23,53 @@ description:
 """
 
 
-class CallbackModule(CallbackBase):
+class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible is untyped here
     CALLBACK_VERSION = 2.0
     CALLBACK_TYPE = "stdout"
     CALLBACK_NAME = "test_json"
 
     def __init__(self) -> None:
         super().__init__()
-        self.plays: list = []
+        self.plays: List[Dict[str, Any]] = []
 
-    def v2_playbook_on_play_start(self, play) -> None:
+    def v2_playbook_on_play_start(self, play: Any) -> None:
         self.plays.append({"play": {"name": play.get_name()}, "tasks": []})
 
-    def _task(self, task) -> dict:
-        tasks = self.plays[-1]["tasks"]
+    def _task(self, task: Any) -> Dict[str, Any]:
+        tasks: List[Dict[str, Any]] = self.plays[-1]["tasks"]
         if not tasks or tasks[-1]["_uuid"] != task._uuid:
             tasks.append({"_uuid": task._uuid, "task": {"name": task.get_name()}, "hosts": {}})
         return tasks[-1]
 
-    def v2_playbook_on_task_start(self, task, is_conditional) -> None:
+    def v2_playbook_on_task_start(self, task: Any, is_conditional: bool) -> None:
         self._task(task)
 
-    def v2_playbook_on_handler_task_start(self, task) -> None:
+    def v2_playbook_on_handler_task_start(self, task: Any) -> None:
         self._task(task)
 
-    def _record(self, result, **extra) -> None:
+    def _record(self, result: Any, **extra: Any) -> None:
         data = dict(self._convert(result._result))
         data.update(extra)
         self._task(result._task)["hosts"][result._host.get_name()] = data
 
     @staticmethod
-    def _convert(value):
-        return json.loads(json.dumps(value, default=str))
+    def _convert(value: Any) -> Dict[str, Any]:
+        out: Dict[str, Any] = json.loads(json.dumps(value, default=str))
+        return out
 
-    def v2_runner_on_ok(self, result) -> None:
+    def v2_runner_on_ok(self, result: Any) -> None:
         self._record(result)
 
-    def v2_runner_on_failed(self, result, ignore_errors=False) -> None:
+    def v2_runner_on_failed(self, result: Any, ignore_errors: bool = False) -> None:
         self._record(result, failed=True)
 
-    def v2_runner_on_unreachable(self, result) -> None:
+    def v2_runner_on_unreachable(self, result: Any) -> None:
         self._record(result, unreachable=True, failed=True)
 
-    def v2_runner_on_skipped(self, result) -> None:
+    def v2_runner_on_skipped(self, result: Any) -> None:
         self._record(result, skipped=True)
 
-    def v2_playbook_on_stats(self, stats) -> None:
+    def v2_playbook_on_stats(self, stats: Any) -> None:
         hosts = sorted(stats.processed.keys())
         out = {
             "plays": [
