@@ -7,26 +7,13 @@ they were given. Tests that need root or a tool skip with the reason.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Callable, Iterator, List
 
 import pytest
 
-REPO = Path(__file__).resolve().parent
-FIXTURES = REPO / "tests" / "fixtures"
-
-
-def _is_root() -> bool:
-    return os.geteuid() == 0
-
-
-needs_root = pytest.mark.skipif(not _is_root(), reason="needs root (loop devices, mounts); CI runs as root")
-
-
-def needs_tool(name: str) -> pytest.MarkDecorator:
-    return pytest.mark.skipif(shutil.which(name) is None, reason=f"needs {name} on PATH (make setup installs it)")
+from testsupport import FIXTURES, is_root
 
 
 @pytest.fixture
@@ -63,7 +50,7 @@ def loopdev(tmp_path: Path) -> Iterator[Callable[..., str]]:
     Sparse backing files live in the test's tmp_path. At teardown each device this
     fixture attached is swapped off, unmounted and detached by its exact name.
     """
-    if not _is_root():
+    if not is_root():
         pytest.skip("needs root to attach loop devices; CI runs as root")
     created: List[str] = []
     backings: List[Path] = []

@@ -16,7 +16,7 @@ from typing import Callable, Dict, Iterator
 import pytest
 import yaml
 
-from conftest import needs_root, needs_tool
+from testsupport import needs_root, needs_tool
 
 from .conftest import Run, blkid
 

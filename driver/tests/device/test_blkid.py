@@ -19,7 +19,7 @@ import pytest
 from directpv_csi.core.errors import CommandFailed
 from directpv_csi.device import blkid as B
 
-from conftest import needs_tool
+from testsupport import needs_tool
 
 
 def test_parse_export_fixture(fixtures_dir: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from directpv_csi.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from directpv_csi.device import mount as m
 
-from conftest import needs_root, needs_tool
+from testsupport import needs_root, needs_tool
 
 pytestmark = needs_root
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
-from conftest import needs_root, needs_tool
+from testsupport import needs_root, needs_tool
 
 CLI = Path(sys.executable).parent / "directpv-csi"
 

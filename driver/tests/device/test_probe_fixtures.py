@@ -20,7 +20,7 @@ from directpv_csi.core.judge import JudgePolicy, judge
 from directpv_csi.core.models import Device
 from directpv_csi.device.probe import parse_udev_data, probe, probe_one
 
-from conftest import needs_tool
+from testsupport import needs_tool
 
 
 def _probe_host(root: Path, **kw: object) -> List[Device]:

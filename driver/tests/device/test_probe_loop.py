@@ -19,7 +19,7 @@ from directpv_csi.core.models import Device
 from directpv_csi.device.blkid import run_blkid
 from directpv_csi.device.probe import probe, probe_one
 
-from conftest import needs_root, needs_tool
+from testsupport import needs_root, needs_tool
 
 pytestmark = needs_root
 

@@ -16,7 +16,7 @@ from directpv_csi.core.errors import InvalidArgument, NotFound, Unsupported
 from directpv_csi.device import mount as m
 from directpv_csi.device import quota as q
 
-from conftest import needs_root, needs_tool
+from testsupport import needs_root, needs_tool
 
 BAD_IDS = [0, -1, 2**32 - 1, 2**32, True, "7", 1.5]
 

@@ -16,7 +16,7 @@ import pytest
 from directpv_csi.core.errors import InvalidArgument, NotFound
 from directpv_csi.device.superblock import crc32c, parse_xfs_superblock, read_xfs_superblock
 
-from conftest import FIXTURES, needs_tool
+from testsupport import FIXTURES, needs_tool
 
 SB = FIXTURES / "superblock"
 EXPECTED: Dict[str, Dict[str, Any]] = json.loads((SB / "expected.json").read_text())

@@ -17,7 +17,7 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.directpv.csi.plugins.modules import drive, drive_info, drive_select
 
-from conftest import needs_root, needs_tool
+from testsupport import needs_root, needs_tool
 
 pytestmark = [needs_root, needs_tool("mkfs.xfs")]
 
