@@ -12,6 +12,7 @@ import hashlib
 import os
 import socket
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator, List, Tuple
@@ -24,7 +25,7 @@ from directpv_csi.device import format as fmt
 from directpv_csi.device.probe import probe_one
 from directpv_csi.device.superblock import read_xfs_superblock
 
-from conftest import needs_root, needs_tool
+from testsupport import needs_root, needs_tool
 
 pytestmark = [needs_root, needs_tool("mkfs.xfs"), needs_tool("blkid")]
 SIZE = "700M"  # above the judge's 512 MiB minimum
@@ -218,17 +219,35 @@ def test_execute_rechecks_the_token(loopdev: Callable[..., str], mounts_made: Ca
     assert blkid(dev)["LABEL"] == "OTHER"
 
 
-def test_execute_refuses_while_another_operation_holds_the_device(loopdev: Callable[..., str]) -> None:
+def test_execute_refuses_while_another_operation_holds_the_device(
+    loopdev: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fmt, "LOCK_WAIT_S", 0.3)
     dev = loopdev(SIZE)
     plan = fmt.plan_format(dev, allow_loop=True)
     fd = os.open(dev, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        with pytest.raises(Aborted):
+        with pytest.raises(Aborted, match="locked by another operation"):
             fmt.execute_format(plan)
     finally:
         os.close(fd)
     assert "TYPE" not in blkid(dev)
+
+
+def test_execute_waits_out_a_short_lock_like_udevs_probe(loopdev: Callable[..., str]) -> None:
+    """udevd holds a shared lock for a moment after a device is attached or written."""
+    dev = loopdev(SIZE)
+    plan = fmt.plan_format(dev, allow_loop=True)
+    fd = os.open(dev, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    releaser = threading.Timer(0.3, os.close, args=(fd,))
+    releaser.start()
+    try:
+        fmt.execute_format(plan)
+    finally:
+        releaser.join()
+    assert blkid(dev)["TYPE"] == "xfs"
 
 
 # --- dry run, format, adopt ------------------------------------------------------------------

@@ -339,17 +339,31 @@ def plan_format(
 # --- execution --------------------------------------------------------------------------
 
 
-def _lock_device(path: str) -> int:
-    """Open the device node and take an exclusive advisory lock (the udev convention)."""
+LOCK_WAIT_S = 10.0  # udevd holds a shared lock for a moment while it probes a new or written device
+
+
+def _lock_device(path: str, wait_s: float = LOCK_WAIT_S) -> int:
+    """Open the device node and take an exclusive advisory lock (the udev convention).
+
+    A holder that keeps the lock longer than ``wait_s`` (another format, a partitioning
+    tool) is another operation in flight: Aborted. udevd's short probe lock is waited out.
+    """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise Aborted(f"{path} is locked by another operation", "wait for it to finish and retry") from None
-        raise
-    return fd
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(fd)
+                raise
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise Aborted(
+                    f"{path} is locked by another operation (waited {wait_s:g} s)", "wait for it to finish and retry"
+                ) from None
+            time.sleep(0.05)
 
 
 def _recheck(plan: FormatPlan) -> Device:
