@@ -74,7 +74,8 @@ grep -Eq 'changed=0 ' "$W/second.log" || { echo "demo: the second run changed so
 
 say "3. Driver in standalone mode"
 mkdir -p "$STATE" "$KUBELET"
-directpv-csi standalone --state-dir "$STATE" --endpoint "$EP" --node-id demo-node --allow-loop \
+devs=(); for l in "${LOOPS[@]:0:3}"; do devs+=(--device "$l"); done  # only this demo's drives
+directpv-csi standalone --state-dir "$STATE" --endpoint "$EP" --node-id demo-node --allow-loop "${devs[@]}" \
   --kubelet-dir "$KUBELET" --sync-interval 2 --log-level WARNING &
 SERVER_PID=$!
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done

@@ -47,6 +47,7 @@ def build(args: argparse.Namespace) -> Any:
     """Open the store and build the servicers; returns (store, registry, servicers, identity)."""
     from pathlib import Path
 
+    from ..core.models import Volume
     from ..csi.controller import ControllerServicer
     from ..csi.identity import IdentityServicer
     from ..csi.node import NodeServicer
@@ -76,6 +77,12 @@ def build(args: argparse.Namespace) -> Any:
     registry = DriveRegistry(config, store, probe=_device_filter(args.device) if args.device else None)
     node = NodeServicer(config, store, registry)
     controller.inflight = registry.inflight  # one in-flight table per volume for controller and node
+    # DeleteVolume purges the volume's directory at once (the controller holds the volume in the
+    # shared in-flight table); the registry's periodic gc catches anything this misses.
+    def purge(volume: Volume) -> None:
+        registry.release_volume(volume, caller_holds=True)
+
+    controller.on_delete = purge
     identity = IdentityServicer([
         ("store", store.ping),
         ("drive registry synced", lambda: bool(getattr(registry, "synced_once", False))),
