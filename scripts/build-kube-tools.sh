@@ -30,7 +30,8 @@ mkdir -p "$TOOLS_DIR" "$KUBE_WORK"
 
 KUBE_VERSION=v1.36.3                  # k8s.io/kubernetes; staging modules at v0.36.3
 ETCD_VERSION=v3.6.16                  # go.etcd.io/etcd/server/v3 (and its siblings)
-PROVISIONER_VERSION=v6.4.0            # github.com/kubernetes-csi/external-provisioner/v6
+PROVISIONER_VERSION=v6.3.0            # github.com/kubernetes-csi/external-provisioner/v6 (v6.4.0 needs
+                                      # sig-storage-lib-external-provisioner v13.1.0: not on the proxy)
 RESIZER_VERSION=v2.3.0                # github.com/kubernetes-csi/external-resizer/v2
 
 NICE=(nice -n 19)
