@@ -27,6 +27,9 @@ export GOFLAGS="-mod=mod -buildvcs=false"
 export GOTOOLCHAIN=local
 export CGO_ENABLED=0
 mkdir -p "$TOOLS_DIR" "$KUBE_WORK"
+# one build at a time per TOOLS_DIR (wrapper dirs and *.tmp outputs are shared)
+exec 9>"$TOOLS_DIR/.build-kube-tools.lock"
+flock 9
 
 KUBE_VERSION=v1.36.3                  # k8s.io/kubernetes; staging modules at v0.36.3
 ETCD_VERSION=v3.6.16                  # go.etcd.io/etcd/server/v3 (and its siblings)
@@ -153,7 +156,11 @@ go_install() {
 }
 
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(kube-apiserver etcd csi-provisioner csi-resizer)
+known=(kube-apiserver etcd csi-provisioner csi-resizer)
+[ "${#targets[@]}" -gt 0 ] || targets=("${known[@]}")
+for t in "${targets[@]}"; do  # refuse a typo before spending minutes on the others
+  [[ " ${known[*]} " == *" $t "* ]] || { echo "build-kube-tools: unknown tool '$t' (known: ${known[*]})" >&2; exit 2; }
+done
 for t in "${targets[@]}"; do
   start=$(date +%s)
   case "$t" in
@@ -161,7 +168,6 @@ for t in "${targets[@]}"; do
     etcd) build_etcd ;;
     csi-provisioner) build_csi_provisioner ;;
     csi-resizer) go_install csi-resizer github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer "$RESIZER_VERSION" ;;
-    *) echo "build-kube-tools: unknown tool '$t' (known: kube-apiserver etcd csi-provisioner csi-resizer)" >&2; exit 2 ;;
   esac
   echo "$t: ready in $(( $(date +%s) - start )) s"
 done
