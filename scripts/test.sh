@@ -8,3 +8,4 @@ export TOOLS_DIR=${TOOLS_DIR:-$HOME/.cache/directpv-csi/tools}
 phase() { local name=$1; shift; local t0=$SECONDS; echo "=== $name"; "$@"; echo "=== $name: ok in $((SECONDS - t0)) s"; }
 
 phase "pytest (driver + collection)" .venv/bin/pytest -q -p no:cacheprovider driver/tests tests
+phase "QEMU guest: real kernel (XFS quota, partitions, udev, renames)" bash tests/vm/run.sh

@@ -286,7 +286,7 @@ def info(c: Client, state_dir: str = "") -> str:
     out.append(f"plugin {pi.name} {pi.vendor_version} at {c.address}: {'ready' if ready else 'NOT READY'}")
     try:
         ni = c.node.NodeGetInfo(pb.NodeGetInfoRequest(), timeout=t)
-        out.append(f"node {ni.node_id}, topology {dict(ni.accessible_topology.segments)}")
+        out.append(f"node {ni.node_id}, topology {dict(sorted(ni.accessible_topology.segments.items()))}")
     except grpc.RpcError:
         pass
 

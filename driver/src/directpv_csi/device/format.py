@@ -342,12 +342,14 @@ def plan_format(
 LOCK_WAIT_S = 10.0  # udevd holds a shared lock for a moment while it probes a new or written device
 
 
-def _lock_device(path: str, wait_s: float = LOCK_WAIT_S) -> int:
+def _lock_device(path: str, wait_s: Optional[float] = None) -> int:
     """Open the device node and take an exclusive advisory lock (the udev convention).
 
     A holder that keeps the lock longer than ``wait_s`` (another format, a partitioning
     tool) is another operation in flight: Aborted. udevd's short probe lock is waited out.
     """
+    if wait_s is None:
+        wait_s = LOCK_WAIT_S
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     deadline = time.monotonic() + wait_s
     while True:
