@@ -24,6 +24,8 @@ collection of owned objects, no service-account tokens.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime
 import ipaddress
 import os
@@ -232,8 +234,19 @@ class Proc:
 def start(name: str, argv: Sequence[str], log_dir: Path) -> Proc:
     log = log_dir / f"{name}.log"
     f = open(log, "wb")  # noqa: SIM115 - closed by Proc.stop
-    popen = subprocess.Popen(list(argv), stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    popen = subprocess.Popen(
+        list(argv), stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+    )
     return Proc(name, popen, log, f)
+
+
+def _die_with_parent() -> None:
+    """In the child: die too if pytest dies without tearing down (killed, crashed).
+
+    SIGKILL, not SIGTERM: a kube-apiserver told to stop while its etcd stops too waits for etcd for minutes.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
 
 
 def etcd_argv(etcd: Path, data_dir: Path, client_port: int, peer_port: int) -> List[str]:
@@ -376,7 +389,11 @@ def kube_control_plane() -> Iterator[ControlPlane]:
             "(build them with `bash scripts/build-kube-tools.sh`; make setup runs it)"
         )
     workdir = Path(tempfile.mkdtemp(prefix="directpv-kube-"))
-    cp = launch(etcd, apiserver, workdir)
+    try:
+        cp = launch(etcd, apiserver, workdir / "1")
+    except RuntimeError:
+        # a free port taken by someone else between choosing and binding: once more with new ports
+        cp = launch(etcd, apiserver, workdir / "2")
     try:
         yield cp
     finally:
