@@ -88,7 +88,7 @@ def test_full_volume_lifecycle(loopdev: Callable[..., str], short_dir: Path) -> 
         stats = ok(server, "stats", "v", "--path", target)
         assert "bytes used" in stats and "condition normal" in stats
         info = ok(server, "info", "--state-dir", str(state))
-        assert "node test-node, topology {'directpv.dev/node': 'test-node', 'directpv.dev/zone': 'z1'}" in info  # sorted keys
+        assert "node test-node, topology {'directpv.dev/node': 'test-node', 'directpv.dev/zone': 'z1'}" in info
         vol_line: List[str] = next(line for line in info.splitlines() if line.startswith("v ")).split()
         assert vol_line[-1] == target and "published" in vol_line
         busy = client(server, "delete", "v")

@@ -56,7 +56,7 @@ def state_token(device: Device) -> str:
 
 def token_majmin(token: str) -> str:
     """The ``maj:min`` part of a state token ("" when it has none)."""
-    head, sep, _ = token.partition("$")
+    head, sep, _rest = token.partition("$")
     return head if sep else ""
 
 

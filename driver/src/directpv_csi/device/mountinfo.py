@@ -61,7 +61,7 @@ def parse_mountinfo_line(line: str) -> MountInfo:
         raise ValueError(f"mountinfo line without separator: {line!r}") from None
     if sep < 6 or len(fields) < sep + 2:
         raise ValueError(f"mountinfo line too short: {line!r}")
-    major, _, minor = fields[2].partition(":")
+    major, _colon, minor = fields[2].partition(":")
     return MountInfo(
         mount_id=int(fields[0]),
         parent_id=int(fields[1]),

@@ -41,7 +41,7 @@ def _crc32c_table() -> List[int]:
     table = []
     for n in range(256):
         c = n
-        for _ in range(8):
+        for _round in range(8):
             c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
         table.append(c)
     return table

@@ -265,7 +265,7 @@ def read_block(sysfs_root: str, name: str) -> Optional[SysBlock]:
     """Facts of ``<sysfs_root>/class/block/<name>``; None when it is not there."""
     base = _resolve(f"{sysfs_root}/class/block/{name}")
     dev = read_attr(base + "/dev")
-    major_s, _, minor_s = dev.partition(":")
+    major_s, _colon, minor_s = dev.partition(":")
     try:
         b = SysBlock(name=name, sys_path=base, major=int(major_s), minor=int(minor_s))
     except ValueError:
@@ -321,7 +321,7 @@ def read_all(sysfs_root: str = "/sys") -> List[SysBlock]:
     """
     found: List[SysBlock] = []
     for majmin in list_dir(f"{sysfs_root}/dev/block"):
-        major_s, _, minor_s = majmin.partition(":")
+        major_s, _colon, minor_s = majmin.partition(":")
         base = _resolve(f"{sysfs_root}/dev/block/{majmin}")
         try:
             b = SysBlock(name=os.path.basename(base), sys_path=base, major=int(major_s), minor=int(minor_s))
