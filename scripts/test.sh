@@ -9,3 +9,4 @@ phase() { local name=$1; shift; local t0=$SECONDS; echo "=== $name"; "$@"; echo 
 
 phase "pytest (driver + collection)" .venv/bin/pytest -q -p no:cacheprovider driver/tests tests
 phase "QEMU guest: real kernel (XFS quota, partitions, udev, renames)" bash tests/vm/run.sh
+phase "molecule: localhost, and three hosts in network namespaces over ssh" bash scripts/molecule.sh
