@@ -7,6 +7,10 @@ export TOOLS_DIR=${TOOLS_DIR:-$HOME/.cache/directpv-csi/tools}
 
 phase() { local name=$1; shift; local t0=$SECONDS; echo "=== $name"; "$@"; echo "=== $name: ok in $((SECONDS - t0)) s"; }
 
-phase "pytest (driver + collection)" .venv/bin/pytest -q -p no:cacheprovider driver/tests tests
+# A private base temp dir: pytest's default (/tmp/pytest-of-USER) is shared with every other
+# pytest session, and each session deletes old ones — possibly while a test's mount lives there.
+BASETEMP=$(mktemp -d /tmp/directpv-test.XXXXXX)
+trap 'rm -rf --one-file-system "$BASETEMP"' EXIT
+phase "pytest (driver + collection)" .venv/bin/pytest -q -p no:cacheprovider --basetemp "$BASETEMP/pytest" driver/tests tests
 phase "QEMU guest: real kernel (XFS quota, partitions, udev, renames)" bash tests/vm/run.sh
 phase "molecule: localhost, and three hosts in network namespaces over ssh" bash scripts/molecule.sh

@@ -124,6 +124,7 @@ def test_signatures_from_device_nodes(fixtures_dir: Path, tmp_path: Path) -> Non
     loops = [d.name for d in _probe_host(root, run_blkid=False) if d.size > 0 and d.transport == "loop"]
     assert loops, "vm1 was captured with an attached loop device"
     image = root / "dev" / loops[0]
+    image.parent.mkdir(exist_ok=True)  # git keeps no empty directory: a fresh clone has no vm1/dev
     subprocess.run(["truncate", "-s", "300M", str(image)], check=True)
     subprocess.run(["mkfs.xfs", "-q", "-L", "DIRECTPV", str(image)], check=True)
     (root / "dev" / "vda").mkdir()  # a node that cannot be read (EISDIR): fields empty, probe still succeeds
