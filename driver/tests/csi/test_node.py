@@ -334,6 +334,11 @@ def test_stats_bytes_and_inodes(srv: NodeServer) -> None:
     assert after[U.INODES].used >= before[U.INODES].used + 20
     assert after[U.BYTES].used >= before[U.BYTES].used + 20 * 256 * 1024
     assert after[U.BYTES].available < before[U.BYTES].available
+    # The volume's own figures, with or without a quota kernel: its size, and only what it holds
+    # (not the whole drive's usage, XFS log and all).
+    size = srv.store.get_volume("pvc-s").size
+    assert after[U.BYTES].total == size
+    assert after[U.BYTES].used < 20 * 256 * 1024 + 2**20
     assert stats(srv, "pvc-s", staging).usage  # the staging path works too
     assert code_of(lambda: stats(srv, "pvc-s", "some/path")) == grpc.StatusCode.NOT_FOUND
     assert code_of(lambda: stats(srv, "pvc-s", srv.target("pvc-s", "other"))) == grpc.StatusCode.NOT_FOUND

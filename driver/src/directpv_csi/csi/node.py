@@ -451,7 +451,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         usage: Sequence[csi_pb2.VolumeUsage] = ()
         if md is not None and self._shows(path, md, _volumes.volume_path(md.mount, vol.name)):
             try:
-                u = _volumes.usage(Path(path))
+                u = _volumes.usage(Path(path), size=vol.size, quota=md.quota)
                 usage = (
                     csi_pb2.VolumeUsage(unit=csi_pb2.VolumeUsage.BYTES, total=u.bytes_total,
                                         available=u.bytes_available, used=u.bytes_used),

@@ -17,6 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Tuple
 
 from ..core.errors import FailedPrecondition, InvalidArgument, Unsupported
 from ..core.models import Volume
@@ -143,18 +144,57 @@ class Usage:
     inodes_used: int
 
 
-def usage(path: Path) -> Usage:
-    """statfs of a volume path. With prjquota and PROJINHERIT the kernel reports the
-    project's limits and usage; without quota it reports the whole drive."""
+def usage(path: Path, size: int = 0, quota: bool = True) -> Usage:
+    """Usage of a volume path.
+
+    With prjquota and PROJINHERIT, statfs on the path reports the project's limit and
+    usage (one syscall). Without quota (a kernel lacking XFS quota) statfs would report
+    the whole drive, so the volume's own figures are counted instead: bytes and inodes
+    under its directory (a walk that stays on the drive's filesystem) against its
+    reserved ``size``; available is also capped by what the drive has left.
+    """
     st = os.statvfs(path)
     frsize = st.f_frsize or st.f_bsize
-    total = st.f_blocks * frsize
-    used = (st.f_blocks - st.f_bfree) * frsize
+    if quota or size <= 0:
+        return Usage(
+            bytes_total=st.f_blocks * frsize,
+            bytes_available=st.f_bavail * frsize,
+            bytes_used=(st.f_blocks - st.f_bfree) * frsize,
+            inodes_total=st.f_files,
+            inodes_free=st.f_ffree,
+            inodes_used=max(0, st.f_files - st.f_ffree),
+        )
+    used, inodes = _tree_usage(str(path))
     return Usage(
-        bytes_total=total,
-        bytes_available=st.f_bavail * frsize,
+        bytes_total=size,
+        bytes_available=max(0, min(size - used, st.f_bavail * frsize)),
         bytes_used=used,
-        inodes_total=st.f_files,
+        inodes_total=inodes + st.f_ffree,
         inodes_free=st.f_ffree,
-        inodes_used=max(0, st.f_files - st.f_ffree),
+        inodes_used=inodes,
     )
+
+
+def _tree_usage(top: str) -> Tuple[int, int]:
+    """(allocated bytes, inodes) under ``top``, not crossing into other filesystems."""
+    root_dev = os.lstat(top).st_dev
+    used, inodes = 0, 1
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue  # vanished or unreadable meanwhile: count what can be seen
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if st.st_dev != root_dev:
+                continue
+            used += st.st_blocks * 512
+            inodes += 1
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+    return used, inodes
