@@ -14,3 +14,4 @@ trap 'rm -rf --one-file-system "$BASETEMP"' EXIT
 phase "pytest (driver + collection)" .venv/bin/pytest -q -p no:cacheprovider --basetemp "$BASETEMP/pytest" driver/tests tests
 phase "QEMU guest: real kernel (XFS quota, partitions, udev, renames)" bash tests/vm/run.sh
 phase "molecule: localhost, and three hosts in network namespaces over ssh" bash scripts/molecule.sh
+phase "demo (scripts/demo.sh: what make demo runs after setup)" bash scripts/demo.sh
