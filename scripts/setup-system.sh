@@ -5,8 +5,9 @@ set -euo pipefail
 
 PKGS=(
   xfsprogs util-linux e2fsprogs kmod cpio busybox-static
-  qemu-system-x86 iproute2 openssh-server openssh-client sshpass
+  qemu-system-x86 iproute2 openssh-server openssh-client
   python3-venv gdisk parted
+  libsystemd-shared  # udevd inside the QEMU guest (tests/vm) runs against the host root
 )
 
 missing=()
