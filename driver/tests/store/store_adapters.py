@@ -1,7 +1,11 @@
 """Adapters under the store contract (imported by name: no conftest.py, which would shadow
-the root one for ``from conftest import``). A new adapter (store/kube.py) adds one entry to
-ADAPTERS: a factory ``(tmp_path) -> (store, reopen)`` where ``reopen()`` closes the
-store and returns a fresh instance over the same data (for durability tests)."""
+the root one for ``from conftest import``). Each adapter is one entry in ADAPTERS: a factory
+``(tmp_path, request) -> (store, reopen)`` where ``reopen()`` closes the store and returns a
+fresh instance over the same data (for durability tests).
+
+``kube`` runs on the real kube-apiserver (tests/kube/controlplane.py, registered for this
+directory by conftest.py): the CRDs of deploy/crds are applied once per session and every
+DirectPV object is wiped before each test. It skips when kube-apiserver/etcd are not built."""
 
 from __future__ import annotations
 
@@ -11,10 +15,10 @@ from typing import Any, Callable, Dict, Iterator, Tuple
 import pytest
 from directpv_csi.store.embedded import EmbeddedStore
 
-Factory = Callable[[Path], Tuple[Any, Callable[[], Any]]]
+Factory = Callable[[Path, pytest.FixtureRequest], Tuple[Any, Callable[[], Any]]]
 
 
-def _embedded(tmp_path: Path) -> Tuple[Any, Callable[[], Any]]:
+def _embedded(tmp_path: Path, request: pytest.FixtureRequest) -> Tuple[Any, Callable[[], Any]]:
     path = str(tmp_path / "store.sqlite")
     holder = {"store": EmbeddedStore(path)}
 
@@ -26,12 +30,28 @@ def _embedded(tmp_path: Path) -> Tuple[Any, Callable[[], Any]]:
     return holder["store"], reopen
 
 
-ADAPTERS: Dict[str, Factory] = {"embedded": _embedded}
+def _kube(tmp_path: Path, request: pytest.FixtureRequest) -> Tuple[Any, Callable[[], Any]]:
+    from directpv_csi.store.kube import KubeStore
+
+    cluster = request.getfixturevalue("kube_store_cluster")
+    cluster.wipe()
+    holder = {"store": KubeStore(cluster.api_client)}
+
+    def reopen() -> Any:
+        holder["store"].close()
+        holder["store"] = KubeStore(cluster.new_client())
+        return holder["store"]
+
+    request.addfinalizer(lambda: holder["store"].close())
+    return holder["store"], reopen
+
+
+ADAPTERS: Dict[str, Factory] = {"embedded": _embedded, "kube": _kube}
 
 
 @pytest.fixture(name="adapter", params=sorted(ADAPTERS))
 def adapter_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tuple[Any, Callable[[], Any]]]:
-    store, reopen = ADAPTERS[request.param](tmp_path)
+    store, reopen = ADAPTERS[request.param](tmp_path, request)
     yield store, reopen
 
 

@@ -1,0 +1,784 @@
+"""Kubernetes store: the Store port (store/base.py) on custom resources in ``directpv.dev``.
+
+Objects (CRDs in deploy/crds/, all cluster-scoped, version v1beta1)
+  * ``DirectPVDrive`` (name = drive id): ``spec`` holds what the operator decides (node,
+    schedulable, accessTier, labels), ``status`` what the node reports (kernel name, total,
+    health...) and the allocation ledger ``status.volumes``: one record ``{size, projectID,
+    reservedAt, parameters}`` per volume reserved on the drive. ``status.allocated`` and
+    ``status.volumeCount`` are always recomputed from that ledger.
+  * ``DirectPVVolume`` (name = CSI volume id): ``spec`` the reservation (driveID, node, size,
+    projectID, parameters, labels, createdAt), ``status`` what the node did (status,
+    stagingPath, targetPaths, readOnlyTargets). Labels ``directpv.dev/node`` and
+    ``directpv.dev/drive`` make ``kubectl get dpvv -l directpv.dev/node=n1`` work.
+
+Reads: a watch-backed cache per kind (informer-style: LIST, then WATCH from its
+resourceVersion, re-LIST on 410 Gone), indexed by node and by drive. get_*/list_* never call
+the API. Every write goes to the API server and its answer is applied to the cache at once
+(read-your-writes); watch events older than what the cache holds are ignored.
+
+Generations: ``generation`` is the object's resourceVersion read as an integer (etcd's
+revision, monotonic). A write that names an expected generation carries it as the
+resourceVersion precondition, so the API server itself answers 409 when it is stale.
+
+reserve_volume (never over-commits, crash consistent)
+  1. Add the volume's record to the drive's ``status.volumes`` with ``replace_status`` carrying
+     the resourceVersion just read; the check (Ready, schedulable, free >= size) and the choice
+     of the smallest unused project id happen on that same version. 409 -> re-read, retry
+     (bounded). The drive object alone now proves the allocation.
+  2. Create the DirectPVVolume object. A crash between 1 and 2 leaves a ledger record without
+     an object: capacity is held, never double-booked. A retry of the same request on the same
+     drive finds its record and completes step 2 with the recorded project id;
+     :meth:`KubeStore.reconcile` releases records older than a grace period whose volume object
+     does not exist.
+  delete_volume deletes the object first, then releases the ledger record (a crash in between
+  leaks capacity until reconcile, and never frees space still holding data). expand_volume
+  grows the ledger record first, then spec.size; both steps are no-ops when already done.
+
+Finalizer ``directpv.dev/data-protection`` on drives and volumes: only this store removes it
+(delete_volume; delete_drive once the ledger is empty), so a stray ``kubectl delete`` leaves the
+object Terminating instead of forgetting data that still exists.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, cast
+
+import yaml
+from kubernetes import client as k8s
+from kubernetes import watch as k8s_watch
+from kubernetes.client.exceptions import ApiException
+
+from ..core.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from ..core.models import DRIVE_READY, DRIVE_STATUSES, VOLUME_PENDING, VOLUME_STATUSES, Drive, Volume
+
+GROUP = "directpv.dev"
+VERSION = "v1beta1"
+DRIVES = "directpvdrives"
+VOLUMES = "directpvvolumes"
+FINALIZER = "directpv.dev/data-protection"
+LABEL_NODE = "directpv.dev/node"
+LABEL_DRIVE = "directpv.dev/drive"
+LABEL_DRIVE_NAME = "directpv.dev/drive-name"
+LABEL_TIER = "directpv.dev/access-tier"
+
+DRIVE_OPERATOR_FIELDS = ("status", "schedulable", "access_tier", "labels", "message")
+VOLUME_MUTABLE_FIELDS = ("status", "staging_path", "target_paths", "read_only_targets", "labels")
+MAX_ATTEMPTS = 400  # optimistic retries of one write under contention (each costs one GET)
+ORPHAN_GRACE_S = 300.0  # ledger records younger than this may belong to a reservation in flight
+
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+Obj = Dict[str, Any]
+
+
+# --- conversions --------------------------------------------------------------------------
+
+
+def _rv(obj: Obj) -> int:
+    return int(obj["metadata"]["resourceVersion"])
+
+
+def _label(value: str) -> Optional[str]:
+    return value if _LABEL_VALUE_RE.match(value) else None
+
+
+def _labels(pairs: Dict[str, str]) -> Dict[str, str]:
+    return {k: v for k, v in ((k, _label(v)) for k, v in pairs.items()) if v is not None}
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not _NAME_RE.match(name):
+        raise InvalidArgument(f"{kind} name {name!r} is not a Kubernetes object name",
+                              "use lower-case letters, digits, '-' and '.' (at most 253 characters)")
+
+
+def drive_of(obj: Obj) -> Drive:
+    spec: Obj = obj.get("spec") or {}
+    st: Obj = obj.get("status") or {}
+    ledger: Obj = st.get("volumes") or {}
+    return Drive(
+        drive_id=obj["metadata"]["name"], node=spec.get("node", ""), name=st.get("name", ""),
+        total=int(st.get("total", 0)), allocated=sum(int(r["size"]) for r in ledger.values()),
+        volume_count=len(ledger), status=st.get("status", DRIVE_READY), schedulable=bool(spec.get("schedulable", True)),
+        access_tier=spec.get("accessTier", "Default"), make=st.get("make", ""), mountpoint=st.get("mountpoint", ""),
+        message=st.get("message", ""), labels=dict(spec.get("labels") or {}), topology=dict(st.get("topology") or {}),
+        generation=_rv(obj),
+    )
+
+
+def volume_of(obj: Obj) -> Volume:
+    spec: Obj = obj.get("spec") or {}
+    st: Obj = obj.get("status") or {}
+    return Volume(
+        name=obj["metadata"]["name"], drive_id=spec["driveID"], node=spec["node"], size=int(spec["size"]),
+        project_id=int(spec["projectID"]), status=st.get("status", VOLUME_PENDING),
+        parameters=dict(spec.get("parameters") or {}), staging_path=st.get("stagingPath", ""),
+        target_paths=tuple(st.get("targetPaths") or ()), read_only_targets=tuple(st.get("readOnlyTargets") or ()),
+        labels=dict(spec.get("labels") or {}), created_at=float(spec.get("createdAt", 0.0)), generation=_rv(obj),
+    )
+
+
+def _drive_meta_labels(node: str, name: str, tier: str) -> Dict[str, str]:
+    return _labels({LABEL_NODE: node, LABEL_DRIVE_NAME: name, LABEL_TIER: tier})
+
+
+def _drive_status(d: Drive, ledger: Obj) -> Obj:
+    return {
+        "name": d.name, "total": d.total, "status": d.status, "make": d.make, "mountpoint": d.mountpoint,
+        "message": d.message, "topology": dict(d.topology), "volumes": ledger,
+        "allocated": sum(int(r["size"]) for r in ledger.values()), "volumeCount": len(ledger),
+    }
+
+
+def _smallest_unused(used: Set[int]) -> int:
+    pid = 1
+    while pid in used:
+        pid += 1
+    return pid
+
+
+def _status_code(e: ApiException) -> int:
+    return int(getattr(e, "status", 0) or 0)
+
+
+# --- the watch-backed cache ------------------------------------------------------------------
+
+
+class _Informer:
+    """Objects of one kind: LIST, then WATCH from its resourceVersion; re-LIST on 410 Gone.
+
+    ``index`` maps an index name to a function giving an object's key in it."""
+
+    def __init__(self, api: Any, plural: str, index: Dict[str, Callable[[Obj], str]]) -> None:
+        self._api = api
+        self._plural = plural
+        self._index_fns = index
+        self._lock = threading.Lock()
+        self.items: Dict[str, Obj] = {}
+        self.index: Dict[str, Dict[str, Set[str]]] = {k: {} for k in index}
+        self._tombstones: Dict[str, int] = {}  # deleted locally: ignore older events for them
+        self._synced = threading.Event()
+        self._stop = threading.Event()
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name=f"informer-{plural}", daemon=True)
+        self.relists = 0
+
+    # -- cache mutation (caller holds no lock) --
+    def _unindex(self, name: str) -> None:
+        old = self.items.pop(name, None)
+        if old is None:
+            return
+        for key, fn in self._index_fns.items():
+            bucket = self.index[key].get(fn(old))
+            if bucket is not None:
+                bucket.discard(name)
+                if not bucket:
+                    del self.index[key][fn(old)]
+
+    def _put(self, obj: Obj) -> None:
+        name = obj["metadata"]["name"]
+        self._unindex(name)
+        self.items[name] = obj
+        for key, fn in self._index_fns.items():
+            self.index[key].setdefault(fn(obj), set()).add(name)
+
+    def apply(self, obj: Obj) -> None:
+        """An object as the API server returned or announced it: kept unless the cache holds newer."""
+        name = obj["metadata"]["name"]
+        with self._lock:
+            cur = self.items.get(name)
+            if cur is not None and _rv(cur) >= _rv(obj):
+                return
+            if name in self._tombstones and _rv(obj) <= self._tombstones[name]:
+                return
+            self._tombstones.pop(name, None)
+            self._put(obj)
+
+    def forget(self, name: str, rv: int) -> None:
+        """``name`` is gone (deleted by us at or after ``rv``, or announced DELETED)."""
+        with self._lock:
+            cur = self.items.get(name)
+            if cur is not None and _rv(cur) > rv:
+                return  # re-created since
+            self._unindex(name)
+            self._tombstones[name] = max(rv, self._tombstones.get(name, 0))
+
+    def get(self, name: str) -> Optional[Obj]:
+        with self._lock:
+            return self.items.get(name)
+
+    def by(self, key: str, value: str) -> List[Obj]:
+        with self._lock:
+            return [self.items[n] for n in self.index[key].get(value, ())]
+
+    def all(self) -> List[Obj]:
+        with self._lock:
+            return list(self.items.values())
+
+    def keys(self, key: str) -> List[str]:
+        with self._lock:
+            return sorted(k for k, v in self.index[key].items() if v)
+
+    # -- the loop --
+    def start(self, timeout_s: float) -> None:
+        self._thread.start()
+        if not self._synced.wait(timeout_s):
+            self._stop.set()
+            raise Conflict(f"could not list {self._plural}.{GROUP} within {timeout_s:.0f} s ({self._error})",
+                           "check that the API server answers and the CRDs are installed (deploy/crds)")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _list(self) -> str:
+        lst = self._api.list_cluster_custom_object(GROUP, VERSION, self._plural)
+        rv: str = lst["metadata"]["resourceVersion"]
+        fresh = {o["metadata"]["name"]: o for o in lst.get("items", [])}
+        with self._lock:
+            for name in list(self.items):
+                if name not in fresh and _rv(self.items[name]) <= int(rv):
+                    self._unindex(name)
+            for obj in fresh.values():
+                cur = self.items.get(obj["metadata"]["name"])
+                if cur is None or _rv(cur) < _rv(obj):
+                    self._put(obj)
+            self._tombstones = {k: v for k, v in self._tombstones.items() if v > int(rv)}
+        self.relists += 1
+        self._synced.set()
+        return rv
+
+    def _run(self) -> None:
+        rv: Optional[str] = None
+        while not self._stop.is_set():
+            try:
+                if rv is None:
+                    rv = self._list()
+                w = k8s_watch.Watch()  # type: ignore[no-untyped-call]
+                stream = w.stream(  # type: ignore[no-untyped-call]
+                    self._api.list_cluster_custom_object, GROUP, VERSION, self._plural,
+                    resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=30)
+                for ev in stream:
+                    if self._stop.is_set():
+                        w.stop()  # type: ignore[no-untyped-call]
+                        return
+                    kind, obj = ev["type"], ev["object"]
+                    if kind == "ERROR":
+                        if int(obj.get("code", 0)) == 410:
+                            rv = None  # expired: re-list
+                        break
+                    rv = obj["metadata"]["resourceVersion"]
+                    if kind in ("ADDED", "MODIFIED"):
+                        self.apply(obj)
+                    elif kind == "DELETED":
+                        self.forget(obj["metadata"]["name"], _rv(obj))
+            except ApiException as e:
+                self._error = e
+                if _status_code(e) == 410:
+                    rv = None
+                else:
+                    self._stop.wait(0.5)
+            except Exception as e:  # connection closed on stop, server restarting...
+                self._error = e
+                self._stop.wait(0.5)
+
+
+# --- the store -----------------------------------------------------------------------------
+
+
+def load_crds(directory: Path) -> List[Obj]:
+    return [yaml.safe_load(p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.yaml"))]
+
+
+def apply_crds(api_client: Any, directory: Path, timeout_s: float = 60.0) -> List[str]:
+    """Create or update every CRD in ``directory`` and wait until each is Established."""
+    ext = k8s.ApiextensionsV1Api(api_client)
+    names: List[str] = []
+    for body in load_crds(directory):
+        name = body["metadata"]["name"]
+        names.append(name)
+        try:
+            ext.create_custom_resource_definition(body)  # type: ignore[arg-type]
+        except ApiException as e:
+            if _status_code(e) != 409:
+                raise
+            cur = ext.read_custom_resource_definition(name)
+            body["metadata"]["resourceVersion"] = cur.metadata.resource_version if cur.metadata else None
+            ext.replace_custom_resource_definition(name, body)  # type: ignore[arg-type]
+    deadline = time.monotonic() + timeout_s
+    for name in names:
+        while True:
+            crd = ext.read_custom_resource_definition(name)
+            conds = {c.type: c.status for c in ((crd.status.conditions if crd.status else None) or [])}
+            if conds.get("Established") == "True":
+                break
+            if time.monotonic() > deadline:
+                raise Conflict(f"CRD {name} not Established after {timeout_s:.0f} s ({conds})",
+                               "look at the API server log")
+            time.sleep(0.1)
+    return names
+
+
+class KubeStore:
+    """The Store port on DirectPVDrive/DirectPVVolume objects (see the module docstring)."""
+
+    def __init__(self, api_client: Any, sync_timeout_s: float = 30.0) -> None:
+        self._client = api_client
+        self._api = k8s.CustomObjectsApi(api_client)
+        # watches get their own connection pool: close() drops it, which ends the blocking reads
+        self._watch_client = k8s.ApiClient(api_client.configuration)
+        watch_api = k8s.CustomObjectsApi(self._watch_client)
+        self._drives = _Informer(watch_api, DRIVES, {"node": lambda o: (o.get("spec") or {}).get("node", "")})
+        self._volumes = _Informer(watch_api, VOLUMES, {
+            "node": lambda o: o["spec"]["node"], "drive": lambda o: o["spec"]["driveID"]})
+        self._closed = False
+        self._drives.start(sync_timeout_s)
+        self._volumes.start(sync_timeout_s)
+
+    @classmethod
+    def from_kubeconfig(cls, path: Optional[str] = None) -> KubeStore:
+        from kubernetes import config
+
+        cfg = k8s.Configuration()
+        if path is None:
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        else:
+            config.load_kube_config(config_file=path, client_configuration=cfg)  # type: ignore[no-untyped-call]
+        return cls(k8s.ApiClient(cfg))
+
+    # ------------------------------------------------------------------ API helpers
+    def _get(self, plural: str, name: str) -> Optional[Obj]:
+        try:
+            obj = cast(Obj, self._api.get_cluster_custom_object(GROUP, VERSION, plural, name))
+        except ApiException as e:
+            if _status_code(e) == 404:
+                return None
+            raise
+        (self._drives if plural == DRIVES else self._volumes).apply(obj)
+        return obj
+
+    def _write(self, plural: str, obj: Obj, status: bool = False) -> Obj:
+        """Replace ``obj`` (its metadata.resourceVersion is the precondition); 409 raises ApiException."""
+        name = obj["metadata"]["name"]
+        if status:
+            out = cast(Obj, self._api.replace_cluster_custom_object_status(GROUP, VERSION, plural, name, obj))
+        else:
+            out = cast(Obj, self._api.replace_cluster_custom_object(GROUP, VERSION, plural, name, obj))
+        (self._drives if plural == DRIVES else self._volumes).apply(out)
+        return out
+
+    def _create(self, plural: str, obj: Obj) -> Obj:
+        out = cast(Obj, self._api.create_cluster_custom_object(GROUP, VERSION, plural, obj))
+        (self._drives if plural == DRIVES else self._volumes).apply(out)
+        return out
+
+    def _retry(self, what: str, fn: Callable[[int], Any]) -> Any:
+        """Run ``fn(attempt)`` until it returns without a 409, at most MAX_ATTEMPTS times."""
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                return fn(attempt)
+            except ApiException as e:
+                if _status_code(e) != 409:
+                    raise
+                time.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
+        raise Conflict(f"{what}: still conflicting after {MAX_ATTEMPTS} attempts", "retry later")
+
+    def _drive_obj(self, drive_id: str, attempt: int) -> Optional[Obj]:
+        """The cached drive on a first attempt, a fresh read after a conflict."""
+        if attempt == 0:
+            cached = self._drives.get(drive_id)
+            if cached is not None:
+                return cached
+        return self._get(DRIVES, drive_id)
+
+    def _volume_obj(self, name: str, attempt: int) -> Optional[Obj]:
+        if attempt == 0:
+            cached = self._volumes.get(name)
+            if cached is not None:
+                return cached
+        return self._get(VOLUMES, name)
+
+    # ------------------------------------------------------------------ drives
+    def put_drive(self, drive: Drive) -> Drive:
+        if not drive.drive_id or not drive.node:
+            raise InvalidArgument("a drive needs a drive_id and a node", "pass both when registering a drive")
+        if drive.status not in DRIVE_STATUSES:
+            raise InvalidArgument(f"drive {drive.drive_id}: unknown status {drive.status!r}",
+                                  f"use one of {', '.join(DRIVE_STATUSES)}")
+        _check_name("drive", drive.drive_id)
+
+        def op(attempt: int) -> Obj:
+            cur = self._drive_obj(drive.drive_id, attempt)
+            if cur is None:
+                body: Obj = {
+                    "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVDrive",
+                    "metadata": {"name": drive.drive_id, "finalizers": [FINALIZER],
+                                 "labels": _drive_meta_labels(drive.node, drive.name, drive.access_tier)},
+                    "spec": {"node": drive.node, "schedulable": drive.schedulable, "accessTier": drive.access_tier,
+                             "labels": dict(drive.labels)},
+                }
+                cur = self._create(DRIVES, body)  # 409 if someone registered it meanwhile: retried as update
+            spec = cur.get("spec") or {}
+            if spec.get("node") != drive.node or (cur["metadata"].get("labels") or {}).get(LABEL_DRIVE_NAME) != \
+                    _label(drive.name):
+                cur = dict(cur, spec=dict(spec, node=drive.node), metadata=dict(
+                    cur["metadata"], labels=dict(cur["metadata"].get("labels") or {},
+                                                 **_drive_meta_labels(drive.node, drive.name,
+                                                                      spec.get("accessTier", "Default")))))
+                if _label(drive.name) is None:
+                    cur["metadata"]["labels"].pop(LABEL_DRIVE_NAME, None)
+                cur = self._write(DRIVES, cur)
+            st = cur.get("status") or {}
+            new_status = _drive_status(drive, dict(st.get("volumes") or {}))
+            if st and {k: st.get(k) for k in new_status} == new_status:
+                return cur  # nothing changed: no write, no new generation
+            return self._write(DRIVES, dict(cur, status=new_status), status=True)
+
+        return drive_of(self._retry(f"drive {drive.drive_id}", op))
+
+    def get_drive(self, drive_id: str) -> Optional[Drive]:
+        obj = self._drives.get(drive_id)
+        return None if obj is None or not obj.get("status") else drive_of(obj)
+
+    def list_drives(self, node: Optional[str] = None) -> Sequence[Drive]:
+        objs = self._drives.all() if node is None else self._drives.by("node", node)
+        return [drive_of(o) for o in objs if o.get("status")]
+
+    def nodes(self) -> Sequence[str]:
+        return [n for n in self._drives.keys("node") if any(o.get("status") for o in self._drives.by("node", n))]
+
+    def update_drive(self, drive_id: str, expected_generation: Optional[int] = None, **changes: object) -> Drive:
+        bad = sorted(set(changes) - set(DRIVE_OPERATOR_FIELDS))
+        if bad:
+            raise InvalidArgument(f"drive fields {', '.join(bad)} cannot be updated",
+                                  f"update only {', '.join(DRIVE_OPERATOR_FIELDS)}")
+        if "status" in changes and changes["status"] not in DRIVE_STATUSES:
+            raise InvalidArgument(f"drive {drive_id}: unknown status {changes['status']!r}",
+                                  f"use one of {', '.join(DRIVE_STATUSES)}")
+        spec_changes: Obj = {}
+        if "schedulable" in changes:
+            spec_changes["schedulable"] = bool(changes["schedulable"])
+        if "access_tier" in changes:
+            spec_changes["accessTier"] = changes["access_tier"]
+        if "labels" in changes:
+            spec_changes["labels"] = dict(changes["labels"])  # type: ignore[call-overload]
+        status_changes = {k: changes[k] for k in ("status", "message") if k in changes}
+
+        def op(attempt: int) -> Obj:
+            cur = self._drive_obj(drive_id, attempt)
+            if cur is None or not cur.get("status"):
+                raise NotFound(f"drive {drive_id} not found", "list drives to see the known ids")
+            if expected_generation is not None and (attempt > 0 or _rv(cur) != expected_generation):
+                raise Conflict(f"drive {drive_id} changed (generation {_rv(cur)}, expected "
+                               f"{expected_generation})", "re-read the drive and retry")
+            if spec_changes or not status_changes:
+                meta = dict(cur["metadata"])
+                meta["labels"] = dict(meta.get("labels") or {})
+                if "accessTier" in spec_changes:
+                    meta["labels"][LABEL_TIER] = spec_changes["accessTier"]
+                cur = self._write(DRIVES, dict(cur, metadata=meta, spec=dict(cur["spec"], **spec_changes)))
+            if status_changes:
+                cur = self._write(DRIVES, dict(cur, status=dict(cur["status"], **status_changes)), status=True)
+            return cur
+
+        return drive_of(self._retry(f"drive {drive_id}", op))
+
+    def delete_drive(self, drive_id: str) -> None:
+        def op(attempt: int) -> None:
+            cur = self._drive_obj(drive_id, attempt)
+            if cur is None:
+                return
+            ledger = (cur.get("status") or {}).get("volumes") or {}
+            living = {o["metadata"]["name"] for o in self._volumes.by("drive", drive_id)} | set(ledger)
+            if living:
+                raise FailedPrecondition(f"drive {drive_id} still holds {len(living)} volume(s)",
+                                         "delete its volumes first")
+            meta = dict(cur["metadata"], finalizers=[f for f in cur["metadata"].get("finalizers") or []
+                                                      if f != FINALIZER])
+            cur = self._write(DRIVES, dict(cur, metadata=meta))
+            try:
+                self._api.delete_cluster_custom_object(
+                    GROUP, VERSION, DRIVES, drive_id,
+                    body=k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(
+                        resource_version=cur["metadata"]["resourceVersion"])))
+            except ApiException as e:
+                if _status_code(e) != 404:
+                    raise
+            self._drives.forget(drive_id, _rv(cur))
+
+        self._retry(f"drive {drive_id}", op)
+
+    # ------------------------------------------------------------------ volumes
+    def _existing(self, volume: Volume, obj: Obj) -> Volume:
+        existing = volume_of(obj)
+        if existing.size == volume.size and existing.parameters == volume.parameters:
+            return existing
+        raise AlreadyExists(
+            f"volume {volume.name} exists with size {existing.size} and parameters {existing.parameters}, "
+            f"requested size {volume.size} and parameters {volume.parameters}",
+            "use another name, or repeat the original request",
+        )
+
+    def reserve_volume(self, volume: Volume, expected_drive_generation: Optional[int] = None) -> Volume:
+        if not volume.name:
+            raise InvalidArgument("a volume needs a name", "pass the CSI volume name")
+        if volume.size <= 0:
+            raise InvalidArgument(f"volume {volume.name}: size {volume.size} must be positive",
+                                  "reserve at least one byte")
+        _check_name("volume", volume.name)
+        cached = self._volumes.get(volume.name)
+        if cached is not None:
+            return self._existing(volume, cached)
+        params = dict(volume.parameters)
+
+        # step 1: the ledger record on the drive, on the version the checks were made on
+        def reserve(attempt: int) -> Tuple[Obj, int, bool]:
+            cur = self._drive_obj(volume.drive_id, attempt)
+            if cur is None or not cur.get("status"):
+                raise Conflict(f"drive {volume.drive_id} is not registered", "pick another drive")
+            st = cur["status"]
+            ledger: Obj = dict(st.get("volumes") or {})
+            rec = ledger.get(volume.name)
+            if rec is not None:  # an earlier attempt of this request got this far
+                if int(rec["size"]) == volume.size and dict(rec.get("parameters") or {}) == params:
+                    return cur, int(rec["projectID"]), False
+                raise AlreadyExists(f"volume {volume.name} is being reserved on drive {volume.drive_id} with "
+                                    f"size {rec['size']}", "use another name, or repeat the original request")
+            d = drive_of(cur)
+            if d.status != DRIVE_READY or not d.schedulable:
+                raise Conflict(f"drive {d.drive_id} is {d.status}{'' if d.schedulable else ', cordoned'}",
+                               "pick another drive")
+            if expected_drive_generation is not None and (attempt > 0 or d.generation != expected_drive_generation):
+                raise Conflict(f"drive {d.drive_id} changed since it was read", "re-read and pick again")
+            if d.free < volume.size:
+                raise Conflict(f"drive {d.drive_id} has {d.free} bytes free, needs {volume.size}",
+                               "pick another drive")
+            pid = _smallest_unused({int(r["projectID"]) for r in ledger.values()})
+            ledger[volume.name] = {"size": volume.size, "projectID": pid, "reservedAt": time.time(),
+                                   "parameters": params}
+            out = self._write(DRIVES, dict(cur, status=_drive_status(d, ledger)), status=True)
+            return out, pid, True
+
+        drive_obj, pid, added = self._retry(f"reserving volume {volume.name}", reserve)
+        node = drive_obj["spec"]["node"]
+        body: Obj = {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVVolume",
+            "metadata": {"name": volume.name, "finalizers": [FINALIZER],
+                         "labels": _labels({LABEL_NODE: node, LABEL_DRIVE: volume.drive_id})},
+            "spec": {"driveID": volume.drive_id, "node": node, "size": volume.size, "projectID": pid,
+                     "parameters": params, "labels": dict(volume.labels),
+                     "createdAt": volume.created_at or time.time()},
+        }
+        # step 2: the volume object
+        try:
+            out = self._create(VOLUMES, body)
+        except ApiException as e:
+            if _status_code(e) != 409:
+                raise
+            other = self._get(VOLUMES, volume.name)
+            if other is not None and other["spec"]["driveID"] == volume.drive_id and \
+                    int(other["spec"]["projectID"]) == pid:
+                return volume_of(other)  # our own earlier attempt created it
+            if added:
+                self._release(volume.drive_id, volume.name, None)  # the name went to another reservation
+            if other is None:
+                raise Conflict(f"volume {volume.name} was created and deleted meanwhile", "retry") from e
+            return self._existing(volume, other)
+        if volume.status != VOLUME_PENDING or volume.staging_path or volume.target_paths:
+            out = self._write(VOLUMES, dict(out, status={
+                "status": volume.status, "stagingPath": volume.staging_path,
+                "targetPaths": list(volume.target_paths), "readOnlyTargets": list(volume.read_only_targets)}),
+                status=True)
+        return volume_of(out)
+
+    def get_volume(self, name: str) -> Optional[Volume]:
+        obj = self._volumes.get(name)
+        return None if obj is None else volume_of(obj)
+
+    def list_volumes(self, drive_id: Optional[str] = None, node: Optional[str] = None,
+                     start_after: str = "", limit: int = 0) -> Sequence[Volume]:
+        if drive_id is not None:
+            objs = self._volumes.by("drive", drive_id)
+        elif node is not None:
+            objs = self._volumes.by("node", node)
+        else:
+            objs = self._volumes.all()
+        vols = sorted((volume_of(o) for o in objs), key=lambda v: v.name)
+        vols = [v for v in vols if (node is None or v.node == node) and v.name > start_after]
+        return vols[:limit] if limit > 0 else vols
+
+    def update_volume(self, name: str, expected_generation: Optional[int] = None, **changes: object) -> Volume:
+        bad = sorted(set(changes) - set(VOLUME_MUTABLE_FIELDS))
+        if bad:
+            raise InvalidArgument(f"volume fields {', '.join(bad)} cannot be updated",
+                                  f"update only {', '.join(VOLUME_MUTABLE_FIELDS)}")
+        if "status" in changes and changes["status"] not in VOLUME_STATUSES:
+            raise InvalidArgument(f"volume {name}: unknown status {changes['status']!r}",
+                                  f"use one of {', '.join(VOLUME_STATUSES)}")
+        status_changes: Obj = {}
+        for key, field in (("status", "status"), ("staging_path", "stagingPath")):
+            if key in changes:
+                status_changes[field] = changes[key]
+        for key, field in (("target_paths", "targetPaths"), ("read_only_targets", "readOnlyTargets")):
+            if key in changes:
+                status_changes[field] = list(changes[key])  # type: ignore[call-overload]
+
+        def op(attempt: int) -> Obj:
+            cur = self._volume_obj(name, attempt)
+            if cur is None:
+                raise NotFound(f"volume {name} not found", "create it first")
+            if expected_generation is not None and (attempt > 0 or _rv(cur) != expected_generation):
+                raise Conflict(f"volume {name} changed (generation {_rv(cur)}, expected {expected_generation})",
+                               "re-read the volume and retry")
+            if "labels" in changes or not status_changes:
+                spec = dict(cur["spec"])
+                if "labels" in changes:
+                    spec["labels"] = dict(changes["labels"])  # type: ignore[call-overload]
+                cur = self._write(VOLUMES, dict(cur, spec=spec))
+            if status_changes:
+                cur = self._write(VOLUMES, dict(cur, status=dict(cur.get("status") or {}, **status_changes)),
+                                  status=True)
+            return cur
+
+        return volume_of(self._retry(f"volume {name}", op))
+
+    def expand_volume(self, name: str, new_size: int) -> Volume:
+        first = self._volume_obj(name, 0)
+        if first is None:
+            raise NotFound(f"volume {name} not found", "create it first")
+        if new_size <= int(first["spec"]["size"]):
+            return volume_of(first)  # retry of an expansion already done, or a shrink: never reserve twice
+        drive_id = first["spec"]["driveID"]
+
+        def grow_ledger(attempt: int) -> None:
+            cur = self._drive_obj(drive_id, attempt)
+            if cur is None or not cur.get("status"):
+                raise FailedPrecondition(f"volume {name}: its drive {drive_id} is not registered",
+                                         "restore the drive, then retry")
+            ledger: Obj = dict(cur["status"].get("volumes") or {})
+            rec = ledger.get(name)
+            if rec is None:
+                raise FailedPrecondition(f"volume {name}: drive {drive_id} holds no reservation for it",
+                                         "run the store's reconcile, then retry")
+            if int(rec["size"]) >= new_size:
+                return  # an earlier attempt grew the ledger already
+            d = drive_of(cur)
+            delta = new_size - int(rec["size"])
+            if d.free < delta:
+                raise OutOfRange(
+                    f"volume {name}: drive {drive_id} on node {d.node} has {d.free} bytes free, "
+                    f"growing to {new_size} needs {delta} more",
+                    "ask for less, or free space on that drive (volumes cannot move between drives)",
+                )
+            ledger[name] = dict(rec, size=new_size)
+            self._write(DRIVES, dict(cur, status=_drive_status(d, ledger)), status=True)
+
+        self._retry(f"expanding volume {name}", grow_ledger)
+
+        def grow_volume(attempt: int) -> Obj:
+            cur = first if attempt == 0 else self._get(VOLUMES, name)
+            if cur is None:
+                raise NotFound(f"volume {name} was deleted while growing", "create it again")
+            if int(cur["spec"]["size"]) >= new_size:
+                return cur
+            return self._write(VOLUMES, dict(cur, spec=dict(cur["spec"], size=new_size)))
+
+        return volume_of(self._retry(f"expanding volume {name}", grow_volume))
+
+    def _release(self, drive_id: str, name: str, max_reserved_at: Optional[float]) -> bool:
+        """Drop ``name``'s ledger record from its drive (only if reserved before ``max_reserved_at``)."""
+        def op(attempt: int) -> bool:
+            cur = self._drive_obj(drive_id, attempt)
+            if cur is None or not cur.get("status"):
+                return False
+            ledger: Obj = dict(cur["status"].get("volumes") or {})
+            rec = ledger.get(name)
+            if rec is None or (max_reserved_at is not None and float(rec.get("reservedAt", 0)) > max_reserved_at):
+                return False
+            del ledger[name]
+            self._write(DRIVES, dict(cur, status=_drive_status(drive_of(cur), ledger)), status=True)
+            return True
+
+        result: bool = self._retry(f"releasing volume {name} on drive {drive_id}", op)
+        return result
+
+    def delete_volume(self, name: str) -> Optional[Volume]:
+        def op(attempt: int) -> Optional[Obj]:
+            cur = self._volume_obj(name, attempt)
+            if cur is None:
+                return None
+            meta = dict(cur["metadata"], finalizers=[f for f in cur["metadata"].get("finalizers") or []
+                                                      if f != FINALIZER])
+            cur = self._write(VOLUMES, dict(cur, metadata=meta))
+            try:
+                self._api.delete_cluster_custom_object(
+                    GROUP, VERSION, VOLUMES, name,
+                    body=k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(
+                        resource_version=cur["metadata"]["resourceVersion"])))
+            except ApiException as e:
+                if _status_code(e) != 404:
+                    raise
+            self._volumes.forget(name, _rv(cur))
+            return cur
+
+        gone: Optional[Obj] = self._retry(f"volume {name}", op)
+        if gone is None:
+            return None
+        old = volume_of(gone)
+        self._release(old.drive_id, name, None)
+        return old
+
+    # ------------------------------------------------------------------ upkeep
+    def check(self) -> List[str]:
+        """Problems found by comparing every drive's ledger with the volume objects ([] = consistent)."""
+        problems: List[str] = []
+        volumes = {o["metadata"]["name"]: volume_of(o) for o in self._volumes.all()}
+        seen: Set[str] = set()
+        for obj in self._drives.all():
+            d = drive_of(obj)
+            ledger: Obj = (obj.get("status") or {}).get("volumes") or {}
+            for vname, rec in ledger.items():
+                seen.add(vname)
+                v = volumes.get(vname)
+                if v is None:
+                    problems.append(f"drive {d.drive_id}: ledger holds {vname} ({rec['size']} bytes), no volume object")
+                elif v.drive_id != d.drive_id or v.size != int(rec["size"]) or v.project_id != int(rec["projectID"]):
+                    problems.append(f"volume {vname}: object and drive {d.drive_id}'s ledger disagree")
+            if d.allocated > d.total:
+                problems.append(f"drive {d.drive_id}: over-committed ({d.allocated} > {d.total})")
+        for vname, v in volumes.items():
+            if vname not in seen:
+                problems.append(f"volume {vname}: no record in drive {v.drive_id}'s ledger")
+        return problems
+
+    def reconcile(self, grace_s: float = ORPHAN_GRACE_S) -> List[str]:
+        """Release ledger records older than ``grace_s`` whose volume object does not exist (a crash
+        between the two writes of reserve_volume or delete_volume). Returns the released names."""
+        released: List[str] = []
+        horizon = time.time() - grace_s
+        for obj in self._drives.all():
+            for vname in list((obj.get("status") or {}).get("volumes") or {}):
+                if self._get(VOLUMES, vname) is None and \
+                        self._release(obj["metadata"]["name"], vname, horizon):
+                    released.append(vname)
+        return released
+
+    def ping(self) -> bool:
+        try:
+            k8s.VersionApi(self._client).get_code()
+        except Exception:
+            return False
+        return not self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._drives.stop()
+        self._volumes.stop()
+        self._watch_client.rest_client.pool_manager.clear()
