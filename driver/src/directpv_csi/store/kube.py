@@ -253,36 +253,42 @@ class _Informer:
         self._synced.set()
         return rv
 
+    def watch_from(self, rv: str, timeout_s: int = 30) -> Optional[str]:
+        """Apply events from ``rv`` until the server ends the watch: the last resourceVersion seen,
+        or None when ``rv`` expired (410 Gone: the caller lists again)."""
+        w = k8s_watch.Watch()  # type: ignore[no-untyped-call]
+        stream = w.stream(  # type: ignore[no-untyped-call]
+            self._api.list_cluster_custom_object, GROUP, VERSION, self._plural,
+            resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=timeout_s)
+        try:
+            for ev in stream:
+                if self._stop.is_set():
+                    break
+                kind, obj = ev["type"], ev["object"]
+                if kind == "ERROR":
+                    if int(obj.get("code", 0)) == 410:
+                        return None
+                    raise ApiException(status=int(obj.get("code", 0)), reason=str(obj.get("message", "")))
+                rv = obj["metadata"]["resourceVersion"]
+                if kind in ("ADDED", "MODIFIED"):
+                    self.apply(obj)
+                elif kind == "DELETED":
+                    self.forget(obj["metadata"]["name"], _rv(obj))
+        except ApiException as e:
+            if _status_code(e) == 410:
+                return None
+            raise
+        finally:
+            w.stop()  # type: ignore[no-untyped-call]
+        return rv
+
     def _run(self) -> None:
         rv: Optional[str] = None
         while not self._stop.is_set():
             try:
                 if rv is None:
                     rv = self._list()
-                w = k8s_watch.Watch()  # type: ignore[no-untyped-call]
-                stream = w.stream(  # type: ignore[no-untyped-call]
-                    self._api.list_cluster_custom_object, GROUP, VERSION, self._plural,
-                    resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=30)
-                for ev in stream:
-                    if self._stop.is_set():
-                        w.stop()  # type: ignore[no-untyped-call]
-                        return
-                    kind, obj = ev["type"], ev["object"]
-                    if kind == "ERROR":
-                        if int(obj.get("code", 0)) == 410:
-                            rv = None  # expired: re-list
-                        break
-                    rv = obj["metadata"]["resourceVersion"]
-                    if kind in ("ADDED", "MODIFIED"):
-                        self.apply(obj)
-                    elif kind == "DELETED":
-                        self.forget(obj["metadata"]["name"], _rv(obj))
-            except ApiException as e:
-                self._error = e
-                if _status_code(e) == 410:
-                    rv = None
-                else:
-                    self._stop.wait(0.5)
+                rv = self.watch_from(rv)
             except Exception as e:  # connection closed on stop, server restarting...
                 self._error = e
                 self._stop.wait(0.5)

@@ -1,0 +1,263 @@
+"""The kube store adapter beyond the shared contract, on the real kube-apiserver (tests/kube):
+the CRDs as the API server serves them, real 409 conflicts between several store replicas,
+the watch-backed cache, and recovery from a crash between the two writes of a reservation."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import time
+import urllib.request
+from typing import Any, Callable, Dict, Iterator, List
+
+import pytest
+from directpv_csi.core.errors import Conflict, FailedPrecondition
+from directpv_csi.core.models import Drive, Volume
+from directpv_csi.store.kube import DRIVES, FINALIZER, GROUP, VERSION, VOLUMES, KubeStore, _Informer
+from kube_store_support import KubeStoreCluster
+from kubernetes import client
+
+GiB = 1024**3
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(name="cluster")
+def cluster_fixture(kube_store_cluster: KubeStoreCluster) -> KubeStoreCluster:
+    kube_store_cluster.wipe()
+    return kube_store_cluster
+
+
+@pytest.fixture(name="store")
+def store_fixture(cluster: KubeStoreCluster) -> Iterator[KubeStore]:
+    s = KubeStore(cluster.api_client)
+    yield s
+    s.close()
+
+
+def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def raw_get(cluster: KubeStoreCluster, path: str, accept: str = "application/json") -> str:
+    """GET ``path`` as the admin, with the Accept header kubectl would send."""
+    cp = cluster.control_plane
+    ctx = ssl.create_default_context(cafile=str(cp.pki.ca_cert))
+    ctx.load_cert_chain(str(cp.pki.admin_cert), str(cp.pki.admin_key))
+    req = urllib.request.Request(cp.url + path, headers={"Accept": accept})
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+        text: str = resp.read().decode()
+    return text
+
+
+def conflicts_served(cluster: KubeStoreCluster) -> int:
+    """409 answers the API server has given so far (its own /metrics counter)."""
+    text = raw_get(cluster, "/metrics", "text/plain")
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{") and 'code="409"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def test_crds_served_with_short_names_and_status_subresource(cluster: KubeStoreCluster) -> None:
+    assert sorted(cluster.crds) == sorted(f"{p}.{GROUP}" for p in (
+        "directpvdrives", "directpvvolumes", "directpvnodes", "directpvinitrequests"))
+    res = client.CustomObjectsApi(cluster.api_client).get_api_resources(GROUP, VERSION)
+    by_name = {r.name: r for r in res.resources}
+    for plural, short in (("directpvdrives", "dpvd"), ("directpvvolumes", "dpvv"), ("directpvnodes", "dpvn"),
+                          ("directpvinitrequests", "dpvi")):
+        assert by_name[plural].namespaced is False
+        assert by_name[plural].short_names == [short]
+        assert f"{plural}/status" in by_name
+
+
+def test_printer_columns_show_node_drive_size_allocation(store: KubeStore, cluster: KubeStoreCluster) -> None:
+    store.put_drive(Drive(drive_id="d1", node="n1", name="sdb", total=10 * GiB))
+    store.reserve_volume(Volume(name="v1", drive_id="d1", node="", size=3 * GiB, project_id=0))
+    # what `kubectl get dpvd` asks for: the server-side Table built from additionalPrinterColumns
+    data = json.loads(raw_get(cluster, f"/apis/{GROUP}/{VERSION}/{DRIVES}",
+                              "application/json;as=Table;v=v1;g=meta.k8s.io"))
+    cols = [c["name"] for c in data["columnDefinitions"]]
+    row = dict(zip(cols, data["rows"][0]["cells"]))
+    assert (row["Name"], row["Node"], row["Drive"], row["Size"], row["Allocated"], row["Volumes"], row["Status"]) == \
+        ("d1", "n1", "sdb", 10 * GiB, 3 * GiB, 1, "Ready")
+    # label selectors work as documented (kubectl get dpvv -l directpv.dev/node=n1)
+    lst = client.CustomObjectsApi(cluster.api_client).list_cluster_custom_object(
+        GROUP, VERSION, VOLUMES, label_selector="directpv.dev/node=n1,directpv.dev/drive=d1")
+    assert [o["metadata"]["name"] for o in lst["items"]] == ["v1"]
+
+
+def test_schema_rejects_bad_objects(cluster: KubeStoreCluster) -> None:
+    api = client.CustomObjectsApi(cluster.api_client)
+    with pytest.raises(client.ApiException) as e:
+        api.create_cluster_custom_object(GROUP, VERSION, VOLUMES, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVVolume", "metadata": {"name": "bad"},
+            "spec": {"driveID": "d1", "node": "n1", "size": -1, "projectID": 1}})
+    assert e.value.status == 422 and "spec.size" in str(e.value.body)
+
+
+def test_writes_of_one_replica_reach_the_other_through_the_watch(cluster: KubeStoreCluster) -> None:
+    a = KubeStore(cluster.new_client())
+    b = KubeStore(cluster.new_client())
+    try:
+        a.put_drive(Drive(drive_id="d1", node="n1", name="sdb", total=10 * GiB))
+        a.reserve_volume(Volume(name="v1", drive_id="d1", node="", size=GiB, project_id=0))
+        assert eventually(lambda: b.get_volume("v1") is not None and b.get_drive("d1") is not None
+                          and b.get_drive("d1").allocated == GiB)  # type: ignore[union-attr]
+        assert [d.drive_id for d in b.list_drives("n1")] == ["d1"]
+        a.delete_volume("v1")
+        assert eventually(lambda: b.get_volume("v1") is None and b.get_drive("d1").allocated == 0)  # type: ignore[union-attr]
+        # b's cache is stale-proof for writes: its reservation is checked against the server's version
+        b.update_drive("d1", schedulable=False)
+        assert eventually(lambda: a.get_drive("d1").schedulable is False)  # type: ignore[union-attr]
+        with pytest.raises(Conflict):
+            a.reserve_volume(Volume(name="v2", drive_id="d1", node="", size=GiB, project_id=0))
+    finally:
+        a.close()
+        b.close()
+
+
+def test_many_replicas_never_overcommit_under_real_conflicts(cluster: KubeStoreCluster) -> None:
+    """80 CreateVolume-like calls through 4 store replicas (own clients, own caches) onto 3 drives
+    of 5 GiB: each call tries the drives in turn, as the controller does on Conflict."""
+    stores = [KubeStore(cluster.new_client()) for _ in range(4)]
+    drives = ["d1", "d2", "d3"]
+    try:
+        for i, d in enumerate(drives):
+            stores[0].put_drive(Drive(drive_id=d, node=f"n{i}", name="sdb", total=5 * GiB))
+        for s in stores:
+            assert eventually(lambda s=s: len(s.list_drives()) == 3)  # type: ignore[misc]
+        before = conflicts_served(cluster)
+        ok: Dict[str, str] = {}
+        refused: List[str] = []
+        errors: List[BaseException] = []
+        lock = threading.Lock()
+        start = threading.Barrier(80)
+
+        def worker(i: int) -> None:
+            s = stores[i % len(stores)]
+            name = f"v{i:03d}"
+            start.wait()
+            try:
+                for k in range(len(drives)):
+                    d = drives[(i + k) % len(drives)]
+                    try:
+                        s.reserve_volume(Volume(name=name, drive_id=d, node="", size=GiB, project_id=0))
+                    except Conflict:
+                        continue
+                    with lock:
+                        ok[name] = d
+                    return
+                with lock:
+                    refused.append(name)
+            except BaseException as e:
+                with lock:
+                    errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(80)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert len(ok) == 15 and len(refused) == 65  # exactly the capacity: never more, never less
+        served = conflicts_served(cluster) - before
+        assert served > 0, "no 409 was served: the test did not exercise optimistic concurrency"
+
+        fresh = KubeStore(cluster.new_client())  # a replica that starts now sees the server's truth
+        try:
+            assert fresh.check() == []
+            for d in drives:
+                drive = fresh.get_drive(d)
+                assert drive is not None and drive.allocated == 5 * GiB and drive.volume_count == 5
+                vols = fresh.list_volumes(drive_id=d)
+                assert sorted(v.name for v in vols) == sorted(n for n, dd in ok.items() if dd == d)
+                assert sorted(v.project_id for v in vols) == [1, 2, 3, 4, 5]
+        finally:
+            fresh.close()
+        print(f"80 reservations through 4 replicas: 15 granted, 65 refused, {served} conflicts (409) served")
+    finally:
+        for s in stores:
+            s.close()
+
+
+def _ledger_record(cluster: KubeStoreCluster, drive_id: str, name: str, size: int, pid: int,
+                   reserved_at: float) -> None:
+    """What step 1 of reserve_volume leaves behind when the process dies before step 2."""
+    api = client.CustomObjectsApi(cluster.api_client)
+    obj: Dict[str, Any] = api.get_cluster_custom_object(GROUP, VERSION, DRIVES, drive_id)  # type: ignore[assignment]
+    obj["status"]["volumes"][name] = {"size": size, "projectID": pid, "reservedAt": reserved_at, "parameters": {}}
+    obj["status"]["allocated"] += size
+    obj["status"]["volumeCount"] += 1
+    api.replace_cluster_custom_object_status(GROUP, VERSION, DRIVES, drive_id, obj)
+
+
+def test_crash_between_ledger_and_volume_object(store: KubeStore, cluster: KubeStoreCluster) -> None:
+    store.put_drive(Drive(drive_id="d1", node="n1", name="sdb", total=4 * GiB))
+    store.reserve_volume(Volume(name="v1", drive_id="d1", node="", size=GiB, project_id=0))
+    _ledger_record(cluster, "d1", "v2", GiB, 2, time.time())
+    _ledger_record(cluster, "d1", "old", GiB, 3, time.time() - 3600)
+    assert eventually(lambda: store.get_drive("d1").allocated == 3 * GiB)  # type: ignore[union-attr]
+    problems = store.check()
+    assert len(problems) == 2 and all("no volume object" in p for p in problems)
+    # the capacity is held: no over-commit while the records are orphans
+    with pytest.raises(Conflict):
+        store.reserve_volume(Volume(name="big", drive_id="d1", node="", size=2 * GiB, project_id=0))
+    # the retried request completes with its recorded project id, reserving nothing twice
+    v2 = store.reserve_volume(Volume(name="v2", drive_id="d1", node="", size=GiB, project_id=0))
+    assert v2.project_id == 2 and store.get_drive("d1").allocated == 3 * GiB  # type: ignore[union-attr]
+    # reconcile releases only records past the grace period (a young one may be a reservation in flight)
+    assert store.reconcile(grace_s=600) == ["old"]
+    assert eventually(lambda: store.get_drive("d1").allocated == 2 * GiB)  # type: ignore[union-attr]
+    assert store.check() == []
+
+
+def test_expand_completes_after_crash_without_reserving_twice(store: KubeStore, cluster: KubeStoreCluster) -> None:
+    store.put_drive(Drive(drive_id="d1", node="n1", name="sdb", total=4 * GiB))
+    store.reserve_volume(Volume(name="v1", drive_id="d1", node="", size=GiB, project_id=0))
+    api = client.CustomObjectsApi(cluster.api_client)
+    obj: Dict[str, Any] = api.get_cluster_custom_object(GROUP, VERSION, DRIVES, "d1")  # type: ignore[assignment]
+    obj["status"]["volumes"]["v1"]["size"] = 2 * GiB  # step 1 of expand done, then a crash
+    obj["status"]["allocated"] = 2 * GiB
+    api.replace_cluster_custom_object_status(GROUP, VERSION, DRIVES, "d1", obj)
+    assert store.expand_volume("v1", 2 * GiB).size == 2 * GiB
+    assert store.get_drive("d1").allocated == 2 * GiB  # type: ignore[union-attr]
+    assert store.check() == []
+
+
+def test_finalizers_protect_recorded_data(store: KubeStore, cluster: KubeStoreCluster) -> None:
+    store.put_drive(Drive(drive_id="d1", node="n1", name="sdb", total=4 * GiB))
+    store.reserve_volume(Volume(name="v1", drive_id="d1", node="", size=GiB, project_id=0))
+    api = client.CustomObjectsApi(cluster.api_client)
+    api.delete_cluster_custom_object(GROUP, VERSION, VOLUMES, "v1")  # a stray `kubectl delete dpvv v1`
+    api.delete_cluster_custom_object(GROUP, VERSION, DRIVES, "d1")
+    for plural, name in ((VOLUMES, "v1"), (DRIVES, "d1")):
+        obj = api.get_cluster_custom_object(GROUP, VERSION, plural, name)
+        assert obj["metadata"]["deletionTimestamp"] and obj["metadata"]["finalizers"] == [FINALIZER]
+    assert store.get_volume("v1") is not None and store.get_drive("d1").allocated == GiB  # type: ignore[union-attr]
+    with pytest.raises(FailedPrecondition):
+        store.delete_drive("d1")
+    assert store.delete_volume("v1") is not None
+    store.delete_drive("d1")
+    for plural, name in ((VOLUMES, "v1"), (DRIVES, "d1")):
+        with pytest.raises(client.ApiException) as e:
+            api.get_cluster_custom_object(GROUP, VERSION, plural, name)
+        assert e.value.status == 404
+
+
+def test_expired_watch_is_detected_and_relisted(store: KubeStore, cluster: KubeStoreCluster) -> None:
+    """A watch from a resourceVersion the server no longer holds gets 410 Gone: the informer
+    answers None (list again), and a LIST then brings the cache up to date."""
+    store.put_drive(Drive(drive_id="d1", node="n1", name="sdb", total=4 * GiB))
+    informer = _Informer(client.CustomObjectsApi(cluster.api_client), DRIVES, {"node": lambda o: o["spec"]["node"]})
+    assert informer.watch_from("1", timeout_s=5) is None
+    assert informer.items == {} and informer.relists == 0
+    informer._list()
+    assert list(informer.items) == ["d1"] and informer.relists == 1
