@@ -261,3 +261,14 @@ def test_expired_watch_is_detected_and_relisted(store: KubeStore, cluster: KubeS
     assert informer.items == {} and informer.relists == 0
     informer._list()
     assert list(informer.items) == ["d1"] and informer.relists == 1
+
+
+def test_from_kubeconfig_and_ping(cluster: KubeStoreCluster) -> None:
+    s = KubeStore.from_kubeconfig(str(cluster.control_plane.kubeconfig))
+    try:
+        assert s.ping() is True
+        s.put_drive(Drive(drive_id="d1", node="n1", name="sdb", total=GiB))
+        assert [d.drive_id for d in s.list_drives("n1")] == ["d1"]
+    finally:
+        s.close()
+    assert s.ping() is False
