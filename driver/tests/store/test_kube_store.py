@@ -12,7 +12,7 @@ import urllib.request
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
-from directpv_csi.core.errors import Conflict, FailedPrecondition
+from directpv_csi.core.errors import Conflict, FailedPrecondition, InvalidArgument
 from directpv_csi.core.models import Drive, Volume
 from directpv_csi.store.kube import DRIVES, FINALIZER, GROUP, VERSION, VOLUMES, KubeStore, _Informer
 from kube_store_support import KubeStoreCluster
@@ -272,3 +272,13 @@ def test_from_kubeconfig_and_ping(cluster: KubeStoreCluster) -> None:
     finally:
         s.close()
     assert s.ping() is False
+
+
+def test_values_the_schema_refuses_are_invalid_arguments(store: KubeStore) -> None:
+    store.put_drive(Drive(drive_id="d1", node="n1", name="sdb", total=GiB))
+    with pytest.raises(InvalidArgument, match="accessTier"):
+        store.update_drive("d1", access_tier="Lukewarm")
+    with pytest.raises(InvalidArgument):
+        store.put_drive(Drive(drive_id="Upper_Case", node="n1", name="sdb", total=GiB))
+    assert store.get_drive("d1").access_tier == "Default"  # type: ignore[union-attr]
+    assert [d.drive_id for d in store.list_drives()] == ["d1"]

@@ -41,6 +41,7 @@ object Terminating instead of forgetting data that still exists.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import threading
@@ -147,6 +148,13 @@ def _status_code(e: ApiException) -> int:
     return int(getattr(e, "status", 0) or 0)
 
 
+def _reason(e: ApiException) -> str:
+    try:
+        return str(json.loads(e.body or "")["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(e.reason)
+
+
 # --- the watch-backed cache ------------------------------------------------------------------
 
 
@@ -230,7 +238,7 @@ class _Informer:
         self._thread.start()
         if not self._synced.wait(timeout_s):
             self._stop.set()
-            raise Conflict(f"could not list {self._plural}.{GROUP} within {timeout_s:.0f} s ({self._error})",
+            raise FailedPrecondition(f"could not list {self._plural}.{GROUP} within {timeout_s:.0f} s ({self._error})",
                            "check that the API server answers and the CRDs are installed (deploy/crds)")
 
     def stop(self) -> None:
@@ -389,6 +397,9 @@ class KubeStore:
             try:
                 return fn(attempt)
             except ApiException as e:
+                if _status_code(e) in (400, 422):
+                    raise InvalidArgument(f"{what}: the API server refused the object ({_reason(e)})",
+                                          "fix the value named in the message") from e
                 if _status_code(e) != 409:
                     raise
                 time.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
