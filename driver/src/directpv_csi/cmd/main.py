@@ -16,6 +16,8 @@ SUBCOMMANDS = {
     "devices": "directpv_csi.cmd.devices",
     "standalone": "directpv_csi.cmd.standalone",
     "client": "directpv_csi.cmd.client",
+    "controller": "directpv_csi.cmd.controller",
+    "node": "directpv_csi.cmd.node",
 }
 
 

@@ -21,9 +21,28 @@ HELP = "serve the CSI Identity, Controller and Node services for this host (embe
 log = logging.getLogger("directpv_csi.standalone")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state-dir", required=True, help="directory for store.sqlite and drive mounts")
-    p.add_argument("--endpoint", default="", help="unix socket (default: unix://STATE_DIR/csi.sock)")
+def add_arguments(p: argparse.ArgumentParser, role: str = "standalone") -> None:
+    """Arguments of `standalone`, or of the Kubernetes roles `controller` and `node` (cmd/controller.py,
+    cmd/node.py), which are this command with the kube store and one side of the services."""
+    p.set_defaults(role=role, no_controller=(role == "node"))
+    if role == "standalone":
+        p.add_argument("--state-dir", required=True, help="directory for store.sqlite and drive mounts")
+        p.add_argument("--endpoint", default="", help="unix socket (default: unix://STATE_DIR/csi.sock)")
+        p.add_argument("--store", choices=("embedded", "kube"), default="embedded",
+                       help="embedded: SQLite in STATE_DIR (default); kube: CRDs in directpv.dev on the API server")
+    else:
+        p.add_argument("--endpoint", default="unix:///csi/csi.sock", help="unix socket (default %(default)s)")
+        p.set_defaults(store="kube", state_dir="/var/lib/directpv-csi")
+        if role == "node":
+            p.add_argument("--state-dir", default="/var/lib/directpv-csi",
+                           help="drive mounts live under STATE_DIR/mnt (default %(default)s)")
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG", ""),
+                   help="kube store: kubeconfig file (default $KUBECONFIG; empty: the pod's service account)")
+    p.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    if role == "controller":
+        p.set_defaults(no_node=True, topology=[], device=[])
+        return
     p.add_argument("--node-id", default="", help="this node's name (default: the host name)")
     p.add_argument("--allow-loop", action="store_true", help="accept drives on loop devices (tests, demos)")
     p.add_argument("--kubelet-dir", action="append", default=[], metavar="DIR",
@@ -33,14 +52,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topology", action="append", default=[], metavar="KEY=VALUE",
                    help="extra topology segment of this node, e.g. directpv.dev/zone=z1 (repeatable)")
     p.add_argument("--max-volumes-per-node", type=int, default=0, help="advertised in NodeGetInfo (0: no limit)")
-    p.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL",
-                   help="SQLite durability: FULL (default, survives power loss) or NORMAL (survives kill -9)")
-    p.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
     p.add_argument("--device", action="append", default=[], metavar="DEV",
                    help="serve only these devices (repeatable; default: every drive formatted by us)")
+    if role == "node":
+        p.set_defaults(no_node=False, synchronous="FULL")
+        return
+    p.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL",
+                   help="SQLite durability: FULL (default, survives power loss) or NORMAL (survives kill -9)")
     p.add_argument("--no-node", action="store_true",
                    help="serve Identity and Controller only (no drive registry, no Node service)")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
 def build(args: argparse.Namespace) -> Any:
@@ -57,12 +77,24 @@ def build(args: argparse.Namespace) -> Any:
 
     extra_topology = _topology(args.topology)  # bad input: refused before anything is opened
     state = Path(os.path.abspath(args.state_dir))
-    state.mkdir(parents=True, exist_ok=True)
-    store = EmbeddedStore(str(state / "store.sqlite"), synchronous=args.synchronous)
+    if args.store == "kube":
+        from ..core.errors import FailedPrecondition
+        from ..store.kube import KubeStore
+
+        try:
+            store: Any = KubeStore.from_kubeconfig(args.kubeconfig or None)
+        except Exception as exc:  # config and connection errors of the client library
+            where = args.kubeconfig or "the in-cluster service account"
+            raise FailedPrecondition(f"cannot use the Kubernetes API through {where}: {exc}",
+                                     "pass --kubeconfig FILE (or set KUBECONFIG), or run inside the cluster") from exc
+    else:
+        state.mkdir(parents=True, exist_ok=True)
+        store = EmbeddedStore(str(state / "store.sqlite"), synchronous=args.synchronous)
     controller = ControllerServicer(store)
     if args.no_node:
         identity = IdentityServicer([("store", store.ping)])
         return store, None, [identity, controller], identity
+    state.mkdir(parents=True, exist_ok=True)
 
     kubelet_dirs = tuple(Path(d) for d in args.kubelet_dir) or (Path("/var/lib/kubelet"),)
     node_id = args.node_id or socket.gethostname()
@@ -87,6 +119,8 @@ def build(args: argparse.Namespace) -> Any:
         ("store", store.ping),
         ("drive registry synced", lambda: bool(getattr(registry, "synced_once", False))),
     ])
+    if args.no_controller:  # the node DaemonSet: the controller runs in its own Deployment
+        return store, registry, [identity, node], identity
     return store, registry, [identity, controller, node], identity
 
 
@@ -128,11 +162,11 @@ def run(args: argparse.Namespace) -> int:
             registry.start(args.sync_interval)
         server, address = create_server(endpoint, *servicers, max_workers=args.workers)
     except DirectPVError as exc:
-        print(f"directpv-csi standalone: {exc}", file=sys.stderr)
+        print(f"directpv-csi {args.role}: {exc}", file=sys.stderr)
         return 1
     drives: List[Any] = list(store.list_drives())
     log.info("serving %s on %s (%d drive(s) in the store)", "csi.directpv.dev", address, len(drives))
-    print(f"directpv-csi standalone: serving on {address}", flush=True)
+    print(f"directpv-csi {args.role}: serving on {address}", flush=True)
 
     def stop() -> None:
         if registry is not None:
