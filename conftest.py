@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Iterator, List
 
 import pytest
 
 from testsupport import FIXTURES, is_root
+
+# The real control plane (tests/kube): one kube-apiserver + etcd for the whole session, shared by
+# every test tree that asks for it (store contract, csi-sanity in kube mode, install playbooks).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
+from kube.cluster import kube_store_cluster
+from kube.controlplane import kube_control_plane
+
+__all__ = ["kube_control_plane", "kube_store_cluster"]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, List
 
 import pytest
 from csi_helpers import (
@@ -22,6 +22,7 @@ from csi_helpers import (
     unmount_under,
 )
 from directpv_csi.store.embedded import EmbeddedStore
+from directpv_csi.store.kube import KubeStore
 
 TOOLS_DIR = Path(os.environ.get("TOOLS_DIR", Path.home() / ".cache" / "directpv-csi" / "tools"))
 CSI_SANITY = TOOLS_DIR / "csi-sanity"
@@ -30,13 +31,23 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 @pytest.mark.skipif(not CSI_SANITY.exists(), reason=f"needs {CSI_SANITY} (make tools builds it)")
-def test_csi_sanity_passes_with_zero_failures(loopdev: Callable[..., str], short_dir: Path) -> None:
+@pytest.mark.parametrize("store_kind", ["embedded", "kube"])
+def test_csi_sanity_passes_with_zero_failures(
+    loopdev: Callable[..., str], short_dir: Path, store_kind: str, request: pytest.FixtureRequest
+) -> None:
+    """``kube``: the same server on the Kubernetes store (CRDs on the real kube-apiserver of tests/kube)."""
+    extra: List[str] = []
+    cluster: Any = None
+    if store_kind == "kube":
+        cluster = request.getfixturevalue("kube_store_cluster")  # skips when kube-apiserver/etcd are not built
+        cluster.wipe()
+        extra = ["--store", "kube", "--kubeconfig", str(cluster.control_plane.kubeconfig)]
     devs = [loopdev("400M") for _ in range(2)]
     for d in devs:
         format_loop_drive(d)
     kubelet = short_dir / "kubelet"
     kubelet.mkdir()
-    server = Standalone(short_dir / "state", devices=devs, kubelet_dir=kubelet)
+    server = Standalone(short_dir / "state", devices=devs, kubelet_dir=kubelet, extra=extra)
     try:
         server.start()
         for attempt in range(3):
@@ -69,7 +80,10 @@ def test_csi_sanity_passes_with_zero_failures(loopdev: Callable[..., str], short
     finally:
         server.stop()
         unmount_under(short_dir)
-    store = EmbeddedStore(str(short_dir / "state" / "store.sqlite"), read_only=True)
+    if cluster is not None:
+        store: Any = KubeStore(cluster.new_client())
+    else:
+        store = EmbeddedStore(str(short_dir / "state" / "store.sqlite"), read_only=True)
     try:
         assert store.check() == []
         assert store.list_volumes() == []  # csi-sanity deleted what it made

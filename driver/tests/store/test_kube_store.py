@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 from directpv_csi.core.errors import Conflict, FailedPrecondition, InvalidArgument
 from directpv_csi.core.models import Drive, Volume
-from directpv_csi.store.kube import DRIVES, FINALIZER, GROUP, VERSION, VOLUMES, KubeStore, _Informer
-from kube_store_support import KubeStoreCluster
+from directpv_csi.store.kube import DRIVES, FINALIZER, GROUP, VERSION, VOLUMES, KubeStore, _Informer, object_name
+from kube.cluster import KubeStoreCluster
 from kubernetes import client
 
 GiB = 1024**3
@@ -282,3 +282,23 @@ def test_values_the_schema_refuses_are_invalid_arguments(store: KubeStore) -> No
         store.put_drive(Drive(drive_id="Upper_Case", node="n1", name="sdb", total=GiB))
     assert store.get_drive("d1").access_tier == "Default"  # type: ignore[union-attr]
     assert [d.drive_id for d in store.list_drives()] == ["d1"]
+
+
+def test_csi_names_that_are_not_object_names_round_trip(store: KubeStore, cluster: KubeStoreCluster) -> None:
+    """CSI volume names are arbitrary strings (csi-sanity uses upper case); the object name is derived."""
+    store.put_drive(Drive(drive_id="d1", node="n1", name="sdb", total=4 * GiB))
+    name = "Sanity-Volume_01:ABC"
+    vol = store.reserve_volume(Volume(name=name, drive_id="d1", node="n1", size=GiB, project_id=0))
+    assert vol.name == name
+    assert store.reserve_volume(Volume(name=name, drive_id="d1", node="n1", size=GiB, project_id=0)) == vol
+    obj = object_name(name)
+    assert obj != name and obj.startswith("v-")
+    raw = client.CustomObjectsApi(cluster.api_client).get_cluster_custom_object(GROUP, VERSION, VOLUMES, obj)
+    assert raw["spec"]["name"] == name
+    got = store.get_volume(name)
+    assert got is not None and got.name == name
+    assert [v.name for v in store.list_volumes(drive_id="d1")] == [name]
+    assert store.update_volume(name, status="Ready").status == "Ready"
+    assert store.delete_volume(name) is not None and store.get_volume(name) is None
+    assert store.check() == []
+    assert object_name("pvc-0a1b") == "pvc-0a1b", "valid names (external-provisioner's) are kept as they are"

@@ -41,6 +41,7 @@ object Terminating instead of forgetting data that still exists.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -99,6 +100,18 @@ def _check_name(kind: str, name: str) -> None:
                               "use lower-case letters, digits, '-' and '.' (at most 253 characters)")
 
 
+def object_name(volume_name: str) -> str:
+    """The DirectPVVolume object name of a CSI volume name.
+
+    CSI names are arbitrary strings (csi-sanity uses upper case; external-provisioner's
+    ``pvc-<uuid>`` are already valid): a valid object name is used as it is, any other maps to
+    ``v-<sha256 hex>`` (deterministic, so get/delete find it again). The CSI name itself is kept
+    in ``spec.name``."""
+    if _NAME_RE.match(volume_name) and len(volume_name) <= 253:
+        return volume_name
+    return "v-" + hashlib.sha256(volume_name.encode()).hexdigest()
+
+
 def drive_of(obj: Obj) -> Drive:
     spec: Obj = obj.get("spec") or {}
     st: Obj = obj.get("status") or {}
@@ -117,7 +130,8 @@ def volume_of(obj: Obj) -> Volume:
     spec: Obj = obj.get("spec") or {}
     st: Obj = obj.get("status") or {}
     return Volume(
-        name=obj["metadata"]["name"], drive_id=spec["driveID"], node=spec["node"], size=int(spec["size"]),
+        name=spec.get("name") or obj["metadata"]["name"], drive_id=spec["driveID"], node=spec["node"],
+        size=int(spec["size"]),
         project_id=int(spec["projectID"]), status=st.get("status", VOLUME_PENDING),
         parameters=dict(spec.get("parameters") or {}), staging_path=st.get("stagingPath", ""),
         target_paths=tuple(st.get("targetPaths") or ()), read_only_targets=tuple(st.get("readOnlyTargets") or ()),
@@ -415,10 +429,10 @@ class KubeStore:
 
     def _volume_obj(self, name: str, attempt: int) -> Optional[Obj]:
         if attempt == 0:
-            cached = self._volumes.get(name)
+            cached = self._volumes.get(object_name(name))
             if cached is not None:
                 return cached
-        return self._get(VOLUMES, name)
+        return self._get(VOLUMES, object_name(name))
 
     # ------------------------------------------------------------------ drives
     def put_drive(self, drive: Drive) -> Drive:
@@ -511,7 +525,7 @@ class KubeStore:
             if cur is None:
                 return
             ledger = (cur.get("status") or {}).get("volumes") or {}
-            living = {o["metadata"]["name"] for o in self._volumes.by("drive", drive_id)} | set(ledger)
+            living = {volume_of(o).name for o in self._volumes.by("drive", drive_id)} | set(ledger)
             if living:
                 raise FailedPrecondition(f"drive {drive_id} still holds {len(living)} volume(s)",
                                          "delete its volumes first")
@@ -547,8 +561,9 @@ class KubeStore:
         if volume.size <= 0:
             raise InvalidArgument(f"volume {volume.name}: size {volume.size} must be positive",
                                   "reserve at least one byte")
-        _check_name("volume", volume.name)
-        cached = self._volumes.get(volume.name)
+        if len(volume.name) > 1024:
+            raise InvalidArgument(f"volume name of {len(volume.name)} characters is too long", "use at most 1024")
+        cached = self._volumes.get(object_name(volume.name))
         if cached is not None:
             return self._existing(volume, cached)
         params = dict(volume.parameters)
@@ -585,10 +600,10 @@ class KubeStore:
         node = drive_obj["spec"]["node"]
         body: Obj = {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVVolume",
-            "metadata": {"name": volume.name, "finalizers": [FINALIZER],
+            "metadata": {"name": object_name(volume.name), "finalizers": [FINALIZER],
                          "labels": _labels({LABEL_NODE: node, LABEL_DRIVE: volume.drive_id})},
-            "spec": {"driveID": volume.drive_id, "node": node, "size": volume.size, "projectID": pid,
-                     "parameters": params, "labels": dict(volume.labels),
+            "spec": {"name": volume.name, "driveID": volume.drive_id, "node": node, "size": volume.size,
+                     "projectID": pid, "parameters": params, "labels": dict(volume.labels),
                      "createdAt": volume.created_at or time.time()},
         }
         # step 2: the volume object
@@ -597,7 +612,7 @@ class KubeStore:
         except ApiException as e:
             if _status_code(e) != 409:
                 raise
-            other = self._get(VOLUMES, volume.name)
+            other = self._get(VOLUMES, object_name(volume.name))
             if other is not None and other["spec"]["driveID"] == volume.drive_id and \
                     int(other["spec"]["projectID"]) == pid:
                 return volume_of(other)  # our own earlier attempt created it
@@ -614,7 +629,7 @@ class KubeStore:
         return volume_of(out)
 
     def get_volume(self, name: str) -> Optional[Volume]:
-        obj = self._volumes.get(name)
+        obj = self._volumes.get(object_name(name))
         return None if obj is None else volume_of(obj)
 
     def list_volumes(self, drive_id: Optional[str] = None, node: Optional[str] = None,
@@ -698,7 +713,7 @@ class KubeStore:
         self._retry(f"expanding volume {name}", grow_ledger)
 
         def grow_volume(attempt: int) -> Obj:
-            cur = first if attempt == 0 else self._get(VOLUMES, name)
+            cur = first if attempt == 0 else self._get(VOLUMES, object_name(name))
             if cur is None:
                 raise NotFound(f"volume {name} was deleted while growing", "create it again")
             if int(cur["spec"]["size"]) >= new_size:
@@ -734,7 +749,7 @@ class KubeStore:
             cur = self._write(VOLUMES, dict(cur, metadata=meta))
             try:
                 self._api.delete_cluster_custom_object(
-                    GROUP, VERSION, VOLUMES, name,
+                    GROUP, VERSION, VOLUMES, object_name(name),
                     body=k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(
                         resource_version=cur["metadata"]["resourceVersion"])))
             except ApiException as e:
@@ -754,7 +769,7 @@ class KubeStore:
     def check(self) -> List[str]:
         """Problems found by comparing every drive's ledger with the volume objects ([] = consistent)."""
         problems: List[str] = []
-        volumes = {o["metadata"]["name"]: volume_of(o) for o in self._volumes.all()}
+        volumes = {v.name: v for v in (volume_of(o) for o in self._volumes.all())}
         seen: Set[str] = set()
         for obj in self._drives.all():
             d = drive_of(obj)
@@ -780,7 +795,7 @@ class KubeStore:
         horizon = time.time() - grace_s
         for obj in self._drives.all():
             for vname in list((obj.get("status") or {}).get("volumes") or {}):
-                if self._get(VOLUMES, vname) is None and \
+                if self._get(VOLUMES, object_name(vname)) is None and \
                         self._release(obj["metadata"]["name"], vname, horizon):
                     released.append(vname)
         return released

@@ -13,7 +13,7 @@ from directpv_csi.store.kube import DRIVES, GROUP, VERSION, VOLUMES, apply_crds
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-CRD_DIR = Path(__file__).resolve().parents[3] / "deploy" / "crds"
+CRD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "crds"
 
 
 @dataclass
