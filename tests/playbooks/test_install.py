@@ -74,15 +74,19 @@ def namespace() -> str:
 
 
 def _wipe_volumes(kube: dynamic.DynamicClient) -> None:
-    """Every DirectPVVolume object and every PV of this module's tests, finalizers dropped."""
-    for api_version, kind in (("directpv.dev/v1beta1", "DirectPVVolume"), ("v1", "PersistentVolume")):
+    """Every DirectPVVolume and DirectPVDrive object (other tests of the session may leave some; their
+    data-protection finalizers would hold a CRD deletion) and every PV of this module's tests, finalizers
+    dropped."""
+    kinds = (("directpv.dev/v1beta1", "DirectPVVolume"), ("directpv.dev/v1beta1", "DirectPVDrive"),
+             ("v1", "PersistentVolume"))
+    for api_version, kind in kinds:
         try:
             api = kube.resources.get(api_version=api_version, kind=kind)
             objs = api.get().items
         except (dynamic.exceptions.NotFoundError, dynamic.exceptions.ResourceNotFoundError):
             continue  # CRD deleted (dangerous uninstall): nothing left
         for obj in objs:
-            if kind == "DirectPVVolume" or obj.metadata.name.startswith("dpv-test-"):
+            if kind != "PersistentVolume" or obj.metadata.name.startswith("dpv-test-"):
                 _delete(api, obj.metadata.name)
 
 

@@ -91,3 +91,5 @@ def test_csi_sanity_passes_with_zero_failures(
         assert len(store.list_drives()) == 2
     finally:
         store.close()
+        if cluster is not None:
+            cluster.wipe()  # the control plane is shared by the session: leave no drive objects behind
