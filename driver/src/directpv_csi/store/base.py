@@ -12,9 +12,14 @@ drive is Ready, schedulable and has ``free >= size``.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Protocol, Sequence
+from typing import Dict, Iterable, Optional, Protocol, Sequence
 
-from ..core.models import Drive, Volume
+from ..core.errors import InvalidArgument
+from ..core.models import DRIVE_STATUSES, VOLUME_STATUSES, Drive, Volume
+
+# What update_drive / update_volume may change (everything else is owned by the node or the reservation).
+DRIVE_OPERATOR_FIELDS = ("status", "schedulable", "access_tier", "labels", "message")
+VOLUME_MUTABLE_FIELDS = ("status", "staging_path", "target_paths", "read_only_targets", "labels")
 
 
 class Store(Protocol):
@@ -83,3 +88,42 @@ class Store(Protocol):
 
 def total_allocated(volumes: Iterable[Volume]) -> int:
     return sum(v.size for v in volumes)
+
+
+# --- argument checks every adapter makes the same way (one home) ---------------------
+
+
+def check_new_drive(drive: Drive) -> None:
+    if not drive.drive_id or not drive.node:
+        raise InvalidArgument("a drive needs a drive_id and a node", "pass both when registering a drive")
+    if drive.status not in DRIVE_STATUSES:
+        raise InvalidArgument(f"drive {drive.drive_id}: unknown status {drive.status!r}",
+                              f"use one of {', '.join(DRIVE_STATUSES)}")
+
+
+def check_drive_changes(drive_id: str, changes: Dict[str, object]) -> None:
+    bad = sorted(set(changes) - set(DRIVE_OPERATOR_FIELDS))
+    if bad:
+        raise InvalidArgument(f"drive fields {', '.join(bad)} cannot be updated",
+                              f"update only {', '.join(DRIVE_OPERATOR_FIELDS)}")
+    if "status" in changes and changes["status"] not in DRIVE_STATUSES:
+        raise InvalidArgument(f"drive {drive_id}: unknown status {changes['status']!r}",
+                              f"use one of {', '.join(DRIVE_STATUSES)}")
+
+
+def check_new_volume(volume: Volume) -> None:
+    if not volume.name:
+        raise InvalidArgument("a volume needs a name", "pass the CSI volume name")
+    if volume.size <= 0:
+        raise InvalidArgument(f"volume {volume.name}: size {volume.size} must be positive",
+                              "reserve at least one byte")
+
+
+def check_volume_changes(name: str, changes: Dict[str, object]) -> None:
+    bad = sorted(set(changes) - set(VOLUME_MUTABLE_FIELDS))
+    if bad:
+        raise InvalidArgument(f"volume fields {', '.join(bad)} cannot be updated",
+                              f"update only {', '.join(VOLUME_MUTABLE_FIELDS)}")
+    if "status" in changes and changes["status"] not in VOLUME_STATUSES:
+        raise InvalidArgument(f"volume {name}: unknown status {changes['status']!r}",
+                              f"use one of {', '.join(VOLUME_STATUSES)}")

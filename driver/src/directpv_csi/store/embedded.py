@@ -41,7 +41,8 @@ from ..core.errors import (
     NotFound,
     OutOfRange,
 )
-from ..core.models import DRIVE_READY, DRIVE_STATUSES, VOLUME_STATUSES, Drive, Volume
+from ..core.models import DRIVE_READY, Drive, Volume
+from .base import check_drive_changes, check_new_drive, check_new_volume, check_volume_changes
 
 SCHEMA_VERSION = 1
 
@@ -93,8 +94,6 @@ _VOLUME_COLS = (
     "read_only_targets, labels, created_at, generation"
 )
 
-DRIVE_OPERATOR_FIELDS = ("status", "schedulable", "access_tier", "labels", "message")
-VOLUME_MUTABLE_FIELDS = ("status", "staging_path", "target_paths", "read_only_targets", "labels")
 
 
 def _dumps(value: object) -> str:
@@ -354,11 +353,7 @@ class EmbeddedStore:
 
     # ------------------------------------------------------------------ drives
     def put_drive(self, drive: Drive) -> Drive:
-        if not drive.drive_id or not drive.node:
-            raise InvalidArgument("a drive needs a drive_id and a node", "pass both when registering a drive")
-        if drive.status not in DRIVE_STATUSES:
-            raise InvalidArgument(f"drive {drive.drive_id}: unknown status {drive.status!r}",
-                                  f"use one of {', '.join(DRIVE_STATUSES)}")
+        check_new_drive(drive)
 
         def op(db: sqlite3.Connection, ov: Dict[str, Optional[Drive]]) -> Drive:
             old = self._cur(ov, drive.drive_id)
@@ -395,13 +390,7 @@ class EmbeddedStore:
             return sorted(self._by_node)
 
     def update_drive(self, drive_id: str, expected_generation: Optional[int] = None, **changes: object) -> Drive:
-        bad = sorted(set(changes) - set(DRIVE_OPERATOR_FIELDS))
-        if bad:
-            raise InvalidArgument(f"drive fields {', '.join(bad)} cannot be updated",
-                                  f"update only {', '.join(DRIVE_OPERATOR_FIELDS)}")
-        if "status" in changes and changes["status"] not in DRIVE_STATUSES:
-            raise InvalidArgument(f"drive {drive_id}: unknown status {changes['status']!r}",
-                                  f"use one of {', '.join(DRIVE_STATUSES)}")
+        check_drive_changes(drive_id, changes)
         if "labels" in changes:
             changes["labels"] = dict(changes["labels"])  # type: ignore[call-overload]
 
@@ -434,11 +423,7 @@ class EmbeddedStore:
 
     # ------------------------------------------------------------------ volumes
     def reserve_volume(self, volume: Volume, expected_drive_generation: Optional[int] = None) -> Volume:
-        if not volume.name:
-            raise InvalidArgument("a volume needs a name", "pass the CSI volume name")
-        if volume.size <= 0:
-            raise InvalidArgument(f"volume {volume.name}: size {volume.size} must be positive",
-                                  "reserve at least one byte")
+        check_new_volume(volume)
 
         def op(db: sqlite3.Connection, ov: Dict[str, Optional[Drive]]) -> Volume:
             existing = self._volume_row_of(db, volume.name)
@@ -505,13 +490,7 @@ class EmbeddedStore:
         return [_volume_of(r) for r in self._reader().execute(sql, args).fetchall()]
 
     def update_volume(self, name: str, expected_generation: Optional[int] = None, **changes: object) -> Volume:
-        bad = sorted(set(changes) - set(VOLUME_MUTABLE_FIELDS))
-        if bad:
-            raise InvalidArgument(f"volume fields {', '.join(bad)} cannot be updated",
-                                  f"update only {', '.join(VOLUME_MUTABLE_FIELDS)}")
-        if "status" in changes and changes["status"] not in VOLUME_STATUSES:
-            raise InvalidArgument(f"volume {name}: unknown status {changes['status']!r}",
-                                  f"use one of {', '.join(VOLUME_STATUSES)}")
+        check_volume_changes(name, changes)
         for key in ("target_paths", "read_only_targets"):
             if key in changes:
                 changes[key] = tuple(changes[key])  # type: ignore[arg-type]

@@ -56,7 +56,8 @@ from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
 from ..core.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
-from ..core.models import DRIVE_READY, DRIVE_STATUSES, VOLUME_PENDING, VOLUME_STATUSES, Drive, Volume
+from ..core.models import DRIVE_READY, VOLUME_PENDING, Drive, Volume
+from .base import check_drive_changes, check_new_drive, check_new_volume, check_volume_changes
 
 GROUP = "directpv.dev"
 VERSION = "v1beta1"
@@ -68,8 +69,6 @@ LABEL_DRIVE = "directpv.dev/drive"
 LABEL_DRIVE_NAME = "directpv.dev/drive-name"
 LABEL_TIER = "directpv.dev/access-tier"
 
-DRIVE_OPERATOR_FIELDS = ("status", "schedulable", "access_tier", "labels", "message")
-VOLUME_MUTABLE_FIELDS = ("status", "staging_path", "target_paths", "read_only_targets", "labels")
 MAX_ATTEMPTS = 400  # optimistic retries of one write under contention (each costs one GET)
 ORPHAN_GRACE_S = 300.0  # ledger records younger than this may belong to a reservation in flight
 
@@ -436,11 +435,7 @@ class KubeStore:
 
     # ------------------------------------------------------------------ drives
     def put_drive(self, drive: Drive) -> Drive:
-        if not drive.drive_id or not drive.node:
-            raise InvalidArgument("a drive needs a drive_id and a node", "pass both when registering a drive")
-        if drive.status not in DRIVE_STATUSES:
-            raise InvalidArgument(f"drive {drive.drive_id}: unknown status {drive.status!r}",
-                                  f"use one of {', '.join(DRIVE_STATUSES)}")
+        check_new_drive(drive)
         _check_name("drive", drive.drive_id)
 
         def op(attempt: int) -> Obj:
@@ -484,13 +479,7 @@ class KubeStore:
         return [n for n in self._drives.keys("node") if any(o.get("status") for o in self._drives.by("node", n))]
 
     def update_drive(self, drive_id: str, expected_generation: Optional[int] = None, **changes: object) -> Drive:
-        bad = sorted(set(changes) - set(DRIVE_OPERATOR_FIELDS))
-        if bad:
-            raise InvalidArgument(f"drive fields {', '.join(bad)} cannot be updated",
-                                  f"update only {', '.join(DRIVE_OPERATOR_FIELDS)}")
-        if "status" in changes and changes["status"] not in DRIVE_STATUSES:
-            raise InvalidArgument(f"drive {drive_id}: unknown status {changes['status']!r}",
-                                  f"use one of {', '.join(DRIVE_STATUSES)}")
+        check_drive_changes(drive_id, changes)
         spec_changes: Obj = {}
         if "schedulable" in changes:
             spec_changes["schedulable"] = bool(changes["schedulable"])
@@ -556,11 +545,7 @@ class KubeStore:
         )
 
     def reserve_volume(self, volume: Volume, expected_drive_generation: Optional[int] = None) -> Volume:
-        if not volume.name:
-            raise InvalidArgument("a volume needs a name", "pass the CSI volume name")
-        if volume.size <= 0:
-            raise InvalidArgument(f"volume {volume.name}: size {volume.size} must be positive",
-                                  "reserve at least one byte")
+        check_new_volume(volume)
         if len(volume.name) > 1024:
             raise InvalidArgument(f"volume name of {len(volume.name)} characters is too long", "use at most 1024")
         cached = self._volumes.get(object_name(volume.name))
@@ -645,13 +630,7 @@ class KubeStore:
         return vols[:limit] if limit > 0 else vols
 
     def update_volume(self, name: str, expected_generation: Optional[int] = None, **changes: object) -> Volume:
-        bad = sorted(set(changes) - set(VOLUME_MUTABLE_FIELDS))
-        if bad:
-            raise InvalidArgument(f"volume fields {', '.join(bad)} cannot be updated",
-                                  f"update only {', '.join(VOLUME_MUTABLE_FIELDS)}")
-        if "status" in changes and changes["status"] not in VOLUME_STATUSES:
-            raise InvalidArgument(f"volume {name}: unknown status {changes['status']!r}",
-                                  f"use one of {', '.join(VOLUME_STATUSES)}")
+        check_volume_changes(name, changes)
         status_changes: Obj = {}
         for key, field in (("status", "status"), ("staging_path", "stagingPath")):
             if key in changes:
