@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Callable, Iterator, List
 
 import pytest
+from directpv_csi.device.mountinfo import parse_mountinfo
 
-from testsupport import FIXTURES, is_root
+from testsupport import FIXTURES, backing_file, is_root
 
 # The real control plane (tests/kube): one kube-apiserver + etcd for the whole session, shared by
 # every test tree that asks for it (store contract, csi-sanity in kube mode, install playbooks).
@@ -33,23 +34,10 @@ def fixtures_dir() -> Path:
 def _mounted_from(dev: str) -> List[str]:
     """Mount points whose source is exactly ``dev`` (deepest first)."""
     st = os.stat(dev)
-    want = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
-    points = []
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            fields = line.split()
-            if fields[2] == want:
-                points.append(fields[4].encode().decode("unicode_escape"))
+        mounts = parse_mountinfo(f.read())
+    points = [m.mount_point for m in mounts if (m.major, m.minor) == (os.major(st.st_rdev), os.minor(st.st_rdev))]
     return sorted(points, key=len, reverse=True)
-
-
-def _backing_file(dev: str) -> str:
-    """The file a loop device is attached to now ("" when detached)."""
-    try:
-        with open(f"/sys/block/{os.path.basename(dev)}/loop/backing_file", encoding="utf-8") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 @pytest.fixture
@@ -77,7 +65,7 @@ def loopdev(tmp_path: Path) -> Iterator[Callable[..., str]]:
     for dev, backing in zip(created, backings):
         # A test may have detached the device itself, and the name may since have been
         # reused by another test: act only while it still points at our own file.
-        if _backing_file(dev) != str(backing):
+        if backing_file(dev) != str(backing):
             continue
         subprocess.run(["swapoff", dev], capture_output=True)
         for point in _mounted_from(dev):

@@ -24,3 +24,12 @@ needs_root = pytest.mark.skipif(not is_root(), reason="needs root (loop devices,
 
 def needs_tool(name: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(shutil.which(name) is None, reason=f"needs {name} on PATH (make setup installs it)")
+
+
+def backing_file(dev: str) -> str:
+    """The file a loop device is attached to now ("" when detached)."""
+    try:
+        with open(f"/sys/block/{os.path.basename(dev)}/loop/backing_file", encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return ""

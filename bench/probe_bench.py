@@ -25,18 +25,13 @@ from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "driver" / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testsupport
 
 from directpv_csi.device.probe import probe
 
+from testsupport import backing_file
+
 TARGET = 0.5
-
-
-def _backing_file(dev: str) -> str:
-    try:
-        with open(f"/sys/block/{os.path.basename(dev)}/loop/backing_file", encoding="utf-8") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def _timed(fn: Callable[[], object]) -> Tuple[float, float]:
@@ -140,7 +135,7 @@ def main() -> int:
             return 0
         finally:
             for dev in dict.fromkeys(attached):
-                if _backing_file(dev) == images[dev]:
+                if backing_file(dev) == images[dev]:
                     subprocess.run(["losetup", "--detach", dev], capture_output=True)
                 else:
                     print(f"not detaching {dev}: no longer backed by our image (someone else detached it)")

@@ -117,7 +117,7 @@ def build(args: argparse.Namespace) -> Any:
     controller.on_delete = purge
     identity = IdentityServicer([
         ("store", store.ping),
-        ("drive registry synced", lambda: bool(getattr(registry, "synced_once", False))),
+        ("drive registry synced", lambda: registry.synced_once),
     ])
     if args.no_controller:  # the node DaemonSet: the controller runs in its own Deployment
         return store, registry, [identity, node], identity
