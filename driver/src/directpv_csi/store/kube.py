@@ -37,6 +37,11 @@ reserve_volume (never over-commits, crash consistent)
 Finalizer ``directpv.dev/data-protection`` on drives and volumes: only this store removes it
 (delete_volume; delete_drive once the ledger is empty), so a stray ``kubectl delete`` leaves the
 object Terminating instead of forgetting data that still exists.
+
+Events: the transitions decided here (volume provisioned / expanded / released; a drive added,
+lost, failed, recovered or removed, from its cached status before the write and the new one) are
+reported as ``events.k8s.io/v1`` Events by a background recorder (store/events.py lists the
+reasons); they never slow down or fail the operation. ``KubeStore(..., events=False)`` turns them off.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import hashlib
 import json
 import random
 import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -56,7 +62,8 @@ from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
 from ..core.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
-from ..core.models import DRIVE_READY, VOLUME_PENDING, Drive, Volume
+from ..core.models import DRIVE_ERROR, DRIVE_LOST, DRIVE_READY, DRIVE_REMOVED, VOLUME_PENDING, Drive, Volume
+from . import events as ev
 from .base import check_drive_changes, check_new_drive, check_new_volume, check_volume_changes
 
 GROUP = "directpv.dev"
@@ -69,6 +76,7 @@ LABEL_DRIVE = "directpv.dev/drive"
 LABEL_DRIVE_NAME = "directpv.dev/drive-name"
 LABEL_TIER = "directpv.dev/access-tier"
 
+EVENT_TIMEOUT_S = 5.0  # one events.k8s.io call (the recorder's thread waits, never the operation)
 MAX_ATTEMPTS = 400  # optimistic retries of one write under contention (each costs one GET)
 ORPHAN_GRACE_S = 300.0  # ledger records younger than this may belong to a reservation in flight
 
@@ -351,11 +359,39 @@ def apply_crds(api_client: Any, directory: Path, timeout_s: float = 60.0) -> Lis
     return names
 
 
-class KubeStore:
-    """The Store port on DirectPVDrive/DirectPVVolume objects (see the module docstring)."""
+class _EventSink:
+    """The recorder's way to the API server: ``events.k8s.io/v1`` on a connection pool of its own."""
 
-    def __init__(self, api_client: Any, sync_timeout_s: float = 30.0) -> None:
+    def __init__(self, api_client: Any) -> None:
+        self.client = k8s.ApiClient(api_client.configuration)
+        self._api = k8s.EventsV1Api(self.client)
+
+    def create(self, namespace: str, body: Obj) -> None:
+        event = k8s.EventsV1Event.from_dict(body)
+        if event is None:
+            raise ValueError(f"not an event: {body!r}")
+        self._api.create_namespaced_event(namespace, event, _request_timeout=EVENT_TIMEOUT_S)
+
+    def patch_series(self, namespace: str, name: str, series: Obj) -> None:
+        self._api.patch_namespaced_event(name, namespace, {"series": series},
+                                         _content_type="application/merge-patch+json",
+                                         _request_timeout=EVENT_TIMEOUT_S)
+
+
+class KubeStore:
+    """The Store port on DirectPVDrive/DirectPVVolume objects (see the module docstring).
+
+    ``reporting_instance`` names this process in its Events (the node name for a node plugin, the
+    pod name for a controller; default: the host name, which is the pod name in a pod);
+    ``events=False`` sends none (benchmarks); ``events_namespace`` is where they go (see
+    store/events.py for why ``default``)."""
+
+    def __init__(self, api_client: Any, sync_timeout_s: float = 30.0, *, events: bool = True,
+                 reporting_instance: Optional[str] = None, events_namespace: str = ev.DEFAULT_NAMESPACE) -> None:
         self._client = api_client
+        self._event_sink = _EventSink(api_client)
+        self.events = ev.EventRecorder(self._event_sink, reporting_instance or socket.gethostname(),
+                                       namespace=events_namespace, enabled=events)
         self._api = k8s.CustomObjectsApi(api_client)
         # watches get their own connection pool: close() drops it, which ends the blocking reads
         self._watch_client = k8s.ApiClient(api_client.configuration)
@@ -368,7 +404,8 @@ class KubeStore:
         self._volumes.start(sync_timeout_s)
 
     @classmethod
-    def from_kubeconfig(cls, path: Optional[str] = None) -> KubeStore:
+    def from_kubeconfig(cls, path: Optional[str] = None, **kwargs: Any) -> KubeStore:
+        """A store from a kubeconfig file (None: in-cluster); ``kwargs`` go to the constructor."""
         from kubernetes import config
 
         cfg = k8s.Configuration()
@@ -376,7 +413,7 @@ class KubeStore:
             config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         else:
             config.load_kube_config(config_file=path, client_configuration=cfg)  # type: ignore[no-untyped-call]
-        return cls(k8s.ApiClient(cfg))
+        return cls(k8s.ApiClient(cfg), **kwargs)
 
     # ------------------------------------------------------------------ API helpers
     def _get(self, plural: str, name: str) -> Optional[Obj]:
@@ -433,13 +470,49 @@ class KubeStore:
                 return cached
         return self._get(VOLUMES, object_name(name))
 
+    # ------------------------------------------------------------------ events
+    def _volume_event(self, obj: Obj, reason: str, action: str, note: str) -> None:
+        meta = obj["metadata"]
+        self.events.emit(ev.Regarding("DirectPVVolume", meta["name"], meta.get("uid", "")), ev.NORMAL, reason,
+                         action, note)
+
+    def _drive_transition(self, before: Optional[str], obj: Obj) -> None:
+        """The event for a drive whose status went from ``before`` (None: it had none) to ``obj``'s."""
+        d = drive_of(obj)
+        if not obj.get("status") or before == d.status:
+            return
+        where = f"drive {d.drive_id}{f' ({d.name})' if d.name else ''} on node {d.node}"
+        if d.status == DRIVE_READY:
+            if before is None:
+                reason, note = ev.DRIVE_ADDED, f"{where}: {ev.human_size(d.total)} ready for volumes"
+            else:
+                reason, note = ev.DRIVE_RECOVERED, f"{where} is Ready again (was {before})"
+            type_, action = ev.NORMAL, "Register"
+        elif d.status == DRIVE_LOST:
+            reason, type_, action = ev.DRIVE_LOST, ev.WARNING, "Probe"
+            note = f"{where} is lost, {d.volume_count} volume(s) on it: {d.message}"
+        elif d.status == DRIVE_ERROR:
+            reason, type_, action = ev.drive_error_reason(d.message), ev.WARNING, "Probe"
+            note = f"{where} failed, {d.volume_count} volume(s) on it: {d.message}"
+        elif d.status == DRIVE_REMOVED:
+            reason, type_, action = ev.DRIVE_REMOVED, ev.NORMAL, "Remove"
+            note = f"{where} removed: no new volumes ({d.volume_count} remain)"
+        else:
+            return
+        meta = obj["metadata"]
+        self.events.emit(ev.Regarding("DirectPVDrive", meta["name"], meta.get("uid", "")), type_, reason, action,
+                         note)
+
     # ------------------------------------------------------------------ drives
     def put_drive(self, drive: Drive) -> Drive:
         check_new_drive(drive)
         _check_name("drive", drive.drive_id)
 
+        before: List[Optional[str]] = [None]  # the status this attempt started from
+
         def op(attempt: int) -> Obj:
             cur = self._drive_obj(drive.drive_id, attempt)
+            before[0] = ((cur or {}).get("status") or {}).get("status")
             if cur is None:
                 body: Obj = {
                     "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVDrive",
@@ -465,7 +538,9 @@ class KubeStore:
                 return cur  # nothing changed: no write, no new generation
             return self._write(DRIVES, dict(cur, status=new_status), status=True)
 
-        return drive_of(self._retry(f"drive {drive.drive_id}", op))
+        out: Obj = self._retry(f"drive {drive.drive_id}", op)
+        self._drive_transition(before[0], out)
+        return drive_of(out)
 
     def get_drive(self, drive_id: str) -> Optional[Drive]:
         obj = self._drives.get(drive_id)
@@ -489,10 +564,13 @@ class KubeStore:
             spec_changes["labels"] = dict(changes["labels"])  # type: ignore[call-overload]
         status_changes = {k: changes[k] for k in ("status", "message") if k in changes}
 
+        before: List[Optional[str]] = [None]
+
         def op(attempt: int) -> Obj:
             cur = self._drive_obj(drive_id, attempt)
             if cur is None or not cur.get("status"):
                 raise NotFound(f"drive {drive_id} not found", "list drives to see the known ids")
+            before[0] = cur["status"].get("status")
             if expected_generation is not None and (attempt > 0 or _rv(cur) != expected_generation):
                 raise Conflict(f"drive {drive_id} changed (generation {_rv(cur)}, expected "
                                f"{expected_generation})", "re-read the drive and retry")
@@ -506,7 +584,9 @@ class KubeStore:
                 cur = self._write(DRIVES, dict(cur, status=dict(cur["status"], **status_changes)), status=True)
             return cur
 
-        return drive_of(self._retry(f"drive {drive_id}", op))
+        out: Obj = self._retry(f"drive {drive_id}", op)
+        self._drive_transition(before[0], out)
+        return drive_of(out)
 
     def delete_drive(self, drive_id: str) -> None:
         def op(attempt: int) -> None:
@@ -606,6 +686,10 @@ class KubeStore:
             if other is None:
                 raise Conflict(f"volume {volume.name} was created and deleted meanwhile", "retry") from e
             return self._existing(volume, other)
+        drive_name = (drive_obj.get("status") or {}).get("name", "")
+        self._volume_event(out, ev.VOLUME_PROVISIONED, "Provision",
+                           f"volume {volume.name}: {ev.human_size(volume.size)} reserved on drive {volume.drive_id}"
+                           f"{f' ({drive_name})' if drive_name else ''} on node {node}, project id {pid}")
         if volume.status != VOLUME_PENDING or volume.staging_path or volume.target_paths:
             out = self._write(VOLUMES, dict(out, status={
                 "status": volume.status, "stagingPath": volume.staging_path,
@@ -691,15 +775,24 @@ class KubeStore:
 
         self._retry(f"expanding volume {name}", grow_ledger)
 
+        grown_from: List[int] = []  # the size this call grew the object from (empty: it did not)
+
         def grow_volume(attempt: int) -> Obj:
             cur = first if attempt == 0 else self._get(VOLUMES, object_name(name))
             if cur is None:
                 raise NotFound(f"volume {name} was deleted while growing", "create it again")
             if int(cur["spec"]["size"]) >= new_size:
                 return cur
-            return self._write(VOLUMES, dict(cur, spec=dict(cur["spec"], size=new_size)))
+            out = self._write(VOLUMES, dict(cur, spec=dict(cur["spec"], size=new_size)))
+            grown_from[:] = [int(cur["spec"]["size"])]
+            return out
 
-        return volume_of(self._retry(f"expanding volume {name}", grow_volume))
+        out: Obj = self._retry(f"expanding volume {name}", grow_volume)
+        if grown_from:
+            self._volume_event(out, ev.VOLUME_EXPANDED, "Expand",
+                               f"volume {name}: grown from {ev.human_size(grown_from[0])} to "
+                               f"{ev.human_size(new_size)} on drive {drive_id} on node {out['spec']['node']}")
+        return volume_of(out)
 
     def _release(self, drive_id: str, name: str, max_reserved_at: Optional[float]) -> bool:
         """Drop ``name``'s ledger record from its drive (only if reserved before ``max_reserved_at``)."""
@@ -742,6 +835,9 @@ class KubeStore:
             return None
         old = volume_of(gone)
         self._release(old.drive_id, name, None)
+        self._volume_event(gone, ev.VOLUME_RELEASED, "Release",
+                           f"volume {name}: {ev.human_size(old.size)} released on drive {old.drive_id} "
+                           f"on node {old.node}")
         return old
 
     # ------------------------------------------------------------------ upkeep
@@ -793,3 +889,5 @@ class KubeStore:
         self._drives.stop()
         self._volumes.stop()
         self._watch_client.rest_client.pool_manager.clear()
+        self.events.close()
+        self._event_sink.client.rest_client.pool_manager.clear()

@@ -1,0 +1,315 @@
+"""Kubernetes Events (``events.k8s.io/v1``) for the store's important transitions.
+
+The store (store/kube.py) decides when something worth telling an operator happened and calls
+:meth:`EventRecorder.emit`; this module owns what follows. It imports no Kubernetes client:
+the API calls go through a :class:`Sink` that kube.py provides (the one module allowed to
+import ``kubernetes``), so the queueing, aggregation and error handling here are plain code.
+
+Reasons (``kubectl get events --field-selector involvedObject.kind=DirectPVDrive``), named after
+DirectPV's own where one exists:
+
+==========================  =======  ==============  ========================================
+reason                      type     regarding       when
+==========================  =======  ==============  ========================================
+VolumeProvisioned           Normal   DirectPVVolume  reserve_volume created the volume object
+VolumeExpanded              Normal   DirectPVVolume  expand_volume grew spec.size
+VolumeReleased              Normal   DirectPVVolume  delete_volume deleted it and freed its space
+DriveAdded                  Normal   DirectPVDrive   a drive is registered (first status, Ready)
+DriveRecovered              Normal   DirectPVDrive   Lost/Error -> Ready
+DriveRemoved                Normal   DirectPVDrive   -> Removed
+DriveLost                   Warning  DirectPVDrive   -> Lost (device not found)
+DriveHasIOError             Warning  DirectPVDrive   -> Error, message starts with "I/O error"
+DriveHasMultipleMatches     Warning  DirectPVDrive   -> Error, message starts with "multiple matches"
+DriveHasError               Warning  DirectPVDrive   -> Error, any other message
+==========================  =======  ==============  ========================================
+
+DirectPV says ``DriveMounted`` when a node mounts a drive; we say ``DriveAdded`` when the drive
+object gets its first status, which is the moment it becomes usable for volumes.
+
+Namespace: every DirectPV object is cluster-scoped, and Events are namespaced. Like client-go's
+``tools/events`` recorder (which uses ``metav1.NamespaceDefault`` when the regarding object has
+no namespace), events go to ``default``; the API server accepts only ``default`` (or none) for
+events about cluster-scoped objects, so no other namespace would do.
+
+Never slows down or fails the operation: :meth:`emit` puts the event on a bounded queue (full:
+the event is dropped and counted) and returns; one background thread, started on the first
+event, sends them. A failed API call is logged (at most one line per ``log_every_s``, with the
+count of the failures it stands for) and the event dropped.
+
+Aggregation, as client-go does it: events with the same regarding object (uid), reason, type and
+action within ``window_s`` (6 minutes, client-go's) are one series. The first is created; the
+repeats only increment a counter in memory, and the thread patches ``series: {count,
+lastObservedTime}`` at most once per ``series_flush_s`` per series (and at close). A drive that
+flaps between Ready and Lost a thousand times makes two Events and a few patches, not 2,000
+objects in etcd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Dict, Optional, Protocol, Tuple
+
+log = logging.getLogger(__name__)
+
+REPORTING_CONTROLLER = "csi.directpv.dev"
+DEFAULT_NAMESPACE = "default"
+API_VERSION = "directpv.dev/v1beta1"
+
+NORMAL = "Normal"
+WARNING = "Warning"
+
+VOLUME_PROVISIONED = "VolumeProvisioned"
+VOLUME_EXPANDED = "VolumeExpanded"
+VOLUME_RELEASED = "VolumeReleased"
+DRIVE_ADDED = "DriveAdded"
+DRIVE_RECOVERED = "DriveRecovered"
+DRIVE_REMOVED = "DriveRemoved"
+DRIVE_LOST = "DriveLost"
+DRIVE_HAS_IO_ERROR = "DriveHasIOError"
+DRIVE_HAS_MULTIPLE_MATCHES = "DriveHasMultipleMatches"
+DRIVE_HAS_ERROR = "DriveHasError"
+
+NOTE_MAX = 1024  # the API server refuses longer notes (events.k8s.io/v1 validation)
+WINDOW_S = 360.0  # client-go: isomorphic events within 6 minutes form one series
+SERIES_FLUSH_S = 30.0
+QUEUE_SIZE = 1000
+LOG_EVERY_S = 60.0
+
+Obj = Dict[str, Any]
+
+
+class Sink(Protocol):
+    """Where events go (kube.py: ``events.k8s.io/v1`` through the API client). Any exception is
+    the recorder's to log and drop."""
+
+    def create(self, namespace: str, body: Obj) -> None: ...
+
+    def patch_series(self, namespace: str, name: str, series: Obj) -> None: ...
+
+
+@dataclass(frozen=True)
+class Regarding:
+    """The DirectPV object an event is about (``regarding`` of the Event)."""
+
+    kind: str  # DirectPVDrive | DirectPVVolume
+    name: str
+    uid: str
+    api_version: str = API_VERSION
+
+
+@dataclass(frozen=True)
+class Event:
+    regarding: Regarding
+    type: str  # Normal | Warning
+    reason: str
+    action: str
+    note: str
+    at: float = field(default_factory=time.time)
+
+
+@dataclass
+class _Series:
+    name: str
+    first: float
+    last: float
+    count: int = 1
+    dirty: bool = False  # count grew since the last patch
+
+
+def human_size(n: int) -> str:
+    """``1073741824`` -> ``"1 GiB"``, ``1610612736`` -> ``"1.5 GiB"`` (binary units, like kubectl)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            text = f"{value:.1f}".rstrip("0").rstrip(".")
+            return f"{text} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def drive_error_reason(message: str) -> str:
+    """The Warning reason of a drive in Error, from the message the node wrote (node/registry.py)."""
+    text = message.lower()
+    if text.startswith("i/o error"):
+        return DRIVE_HAS_IO_ERROR
+    if text.startswith("multiple matches"):
+        return DRIVE_HAS_MULTIPLE_MATCHES
+    return DRIVE_HAS_ERROR
+
+
+def micro_time(t: float) -> str:
+    """A Kubernetes MicroTime (RFC 3339 with microseconds, UTC)."""
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event_body(ev: Event, namespace: str, instance: str) -> Obj:
+    """The ``events.k8s.io/v1`` Event for ``ev`` (name ``<object>.<hex ns>``, as client-go names them)."""
+    note = ev.note if len(ev.note) <= NOTE_MAX else ev.note[: NOTE_MAX - 3] + "..."
+    return {
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": f"{ev.regarding.name}.{int(ev.at * 1e9):x}", "namespace": namespace},
+        "eventTime": micro_time(ev.at),
+        "reportingController": REPORTING_CONTROLLER, "reportingInstance": instance,
+        "action": ev.action, "reason": ev.reason, "type": ev.type, "note": note,
+        "regarding": {"apiVersion": ev.regarding.api_version, "kind": ev.regarding.kind,
+                      "name": ev.regarding.name, "uid": ev.regarding.uid},
+    }
+
+
+_STOP = object()
+
+
+class EventRecorder:
+    """Queues events and sends them from one background thread (see the module docstring).
+
+    ``instance`` is the reporting instance (node name, or pod name: the process identity);
+    ``enabled=False`` makes :meth:`emit` a no-op (benchmarks)."""
+
+    def __init__(self, sink: Sink, instance: str, namespace: str = DEFAULT_NAMESPACE, enabled: bool = True,
+                 queue_size: int = QUEUE_SIZE, window_s: float = WINDOW_S, series_flush_s: float = SERIES_FLUSH_S,
+                 log_every_s: float = LOG_EVERY_S) -> None:
+        if not instance:
+            raise ValueError("an event recorder needs a reporting instance (the node or pod name)")
+        self.enabled = enabled
+        self.instance = instance[:128]  # the API server's limit for reportingInstance
+        self.namespace = namespace
+        self._sink = sink
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._window_s = window_s
+        self._flush_s = series_flush_s
+        self._log_every_s = log_every_s
+        self._series: Dict[Tuple[str, str, str, str], _Series] = {}
+        self._lock = threading.Lock()
+        self._log_lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        self._closed = False
+        self._last_log = 0.0
+        self._unlogged = 0
+        # counters (tests, metrics): events created, repeats folded into a series, series patches sent,
+        # events dropped because the queue was full, API calls that failed
+        self.created = 0
+        self.aggregated = 0
+        self.patched = 0
+        self.dropped = 0
+        self.failed = 0
+
+    def emit(self, regarding: Regarding, type_: str, reason: str, action: str, note: str) -> None:
+        """Queue an event; never blocks, never raises."""
+        if not self.enabled or self._closed:
+            return
+        try:
+            self._queue.put_nowait(Event(regarding, type_, reason, action, note))
+        except queue.Full:
+            self.dropped += 1
+            self._log_failure(f"event queue full ({self._queue.maxsize}): dropped {reason} for "
+                              f"{regarding.kind} {regarding.name}")
+            return
+        self._start()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="event-recorder", daemon=True)
+                self._thread.start()
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Send what is queued and the pending series counts (for at most ``timeout_s``), then stop."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        if thread is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        with contextlib.suppress(queue.Full):  # still full at the deadline: the join below gives up too
+            self._queue.put(_STOP, timeout=timeout_s)
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            log.warning("event recorder: still sending after %.1f s at close; %d event(s) not sent",
+                        timeout_s, self._queue.qsize())
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every queued event was handled (sent or dropped); True if so in time."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._queue.unfinished_tasks == 0:
+                return True
+            time.sleep(0.01)
+        return self._queue.unfinished_tasks == 0
+
+    # -- the thread --
+    def _run(self) -> None:
+        next_flush = time.monotonic() + self._flush_s
+        while True:
+            try:
+                item = self._queue.get(timeout=max(0.0, next_flush - time.monotonic()))
+            except queue.Empty:
+                item = None
+            try:
+                if item is _STOP:
+                    self._flush_series(time.time())
+                    return
+                if isinstance(item, Event):
+                    self._handle(item)
+                if time.monotonic() >= next_flush:
+                    self._flush_series(time.time())
+                    next_flush = time.monotonic() + self._flush_s
+            except Exception as e:  # never let the thread die: the store keeps running without it
+                self.failed += 1
+                self._log_failure(f"event recorder: {e!r}")
+            finally:
+                if item is not None:
+                    self._queue.task_done()
+
+    def _handle(self, ev: Event) -> None:
+        key = (ev.regarding.uid, ev.reason, ev.type, ev.action)
+        cur = self._series.get(key)
+        if cur is not None and ev.at - cur.last < self._window_s:
+            cur.count += 1
+            cur.last = ev.at
+            cur.dirty = True
+            self.aggregated += 1
+            return
+        body = event_body(ev, self.namespace, self.instance)
+        try:
+            self._sink.create(self.namespace, body)
+        except Exception as e:
+            self.failed += 1
+            self._log_failure(f"could not create event {ev.reason} for {ev.regarding.kind} {ev.regarding.name} "
+                              f"in namespace {self.namespace}: {e}")
+            return
+        self.created += 1
+        self._series[key] = _Series(name=body["metadata"]["name"], first=ev.at, last=ev.at)
+
+    def _flush_series(self, now: float) -> None:
+        for key, s in list(self._series.items()):
+            if s.dirty:
+                s.dirty = False
+                try:
+                    self._sink.patch_series(self.namespace, s.name,
+                                            {"count": s.count, "lastObservedTime": micro_time(s.last)})
+                    self.patched += 1
+                except Exception as e:
+                    self.failed += 1
+                    self._log_failure(f"could not update event {s.name} (count {s.count}) in namespace "
+                                      f"{self.namespace}: {e}")
+            if now - s.last >= self._window_s:
+                del self._series[key]
+
+    def _log_failure(self, message: str) -> None:
+        with self._log_lock:
+            now = time.monotonic()
+            if self._last_log and now - self._last_log < self._log_every_s:
+                self._unlogged += 1
+                return
+            more = f" (and {self._unlogged} more since the last report)" if self._unlogged else ""
+            self._last_log = now
+            self._unlogged = 0
+        log.warning("%s%s; events are best effort, the store carries on", message, more)
