@@ -14,11 +14,15 @@ import logging
 import os
 import socket
 import sys
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 HELP = "serve the CSI Identity, Controller and Node services for this host (embedded store)"
 
 log = logging.getLogger("directpv_csi.standalone")
+
+# DirectPV serves node metrics on :10443 and controller readiness on :30443; standalone is off by
+# default (tests and demos start many on one host).
+METRICS_DEFAULTS = {"standalone": "", "controller": ":30443", "node": ":10443"}
 
 
 def add_arguments(p: argparse.ArgumentParser, role: str = "standalone") -> None:
@@ -40,6 +44,15 @@ def add_arguments(p: argparse.ArgumentParser, role: str = "standalone") -> None:
                    help="kube store: kubeconfig file (default $KUBECONFIG; empty: the pod's service account)")
     p.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--metrics-address", default=METRICS_DEFAULTS[role], metavar="HOST:PORT",
+                   help="serve /metrics, /healthz and /readyz over HTTP here (:PORT = every interface, "
+                        "port 0 = a free port; '' disables; default %(default)r)")
+    if role != "node":
+        p.add_argument("--reconcile-interval", type=float, default=300.0, metavar="S",
+                       help="kube store: seconds between releases of orphaned ledger records (0 disables; "
+                            "default %(default)s)")
+        p.add_argument("--reconcile-grace", type=float, default=None, metavar="S",
+                       help="kube store: release only records older than this (default: the store's, 300 s)")
     if role == "controller":
         p.set_defaults(no_node=True, topology=[], device=[])
         return
@@ -156,22 +169,90 @@ def run(args: argparse.Namespace) -> int:
     from ..csi.server import create_server, serve
 
     endpoint = args.endpoint or "unix://" + os.path.join(os.path.abspath(args.state_dir), "csi.sock")
+    store: Any = None
+    observe: Any = None
+    reconcile_metrics: Any = None
     try:
-        store, registry, servicers, _ = build(args)
+        _check_observe_args(args)
+        store, registry, servicers, identity = build(args)
+        if args.metrics_address:
+            # binds now: a taken port fails here, before anything starts
+            observe, reconcile_metrics = _observe(args, store, registry, servicers, identity)
         if registry is not None:
             registry.start(args.sync_interval)
         server, address = create_server(endpoint, *servicers, max_workers=args.workers)
     except DirectPVError as exc:
         print(f"directpv-csi {args.role}: {exc}", file=sys.stderr)
+        if observe is not None:
+            observe.stop()
+        if store is not None:
+            store.close()
         return 1
     drives: List[Any] = list(store.list_drives())
     log.info("serving %s on %s (%d drive(s) in the store)", "csi.directpv.dev", address, len(drives))
     print(f"directpv-csi {args.role}: serving on {address}", flush=True)
+    if observe is not None:
+        observe.start(grpc_address=address)
+        log.info("metrics and health on %s (/metrics, /healthz, /readyz)", observe.url)
+        print(f"directpv-csi {args.role}: metrics and health on {observe.url} (bound {observe.address})",
+              flush=True)
+    reconciler = _reconciler(args, store, reconcile_metrics)
 
     def stop() -> None:
+        if reconciler is not None:
+            reconciler.stop()
+        if observe is not None:
+            observe.stop()
         if registry is not None:
             registry.stop()
         store.close()
 
     serve(server, on_stop=stop)
     return 0
+
+
+def _check_observe_args(args: argparse.Namespace) -> None:
+    from ..core.errors import InvalidArgument
+    from ..observe.endpoints import parse_address
+
+    if args.metrics_address:
+        parse_address(args.metrics_address)
+    for flag in ("reconcile_interval", "reconcile_grace"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 0:
+            name = "--" + flag.replace("_", "-")
+            raise InvalidArgument(f"{name} {value} is negative", f"give {name} in seconds (0 disables the interval)")
+
+
+def _observe(args: argparse.Namespace, store: Any, registry: Any, servicers: List[Any],
+             identity: Any) -> Tuple[Any, Any]:
+    """The metrics/health HTTP server (bound, not started): process and CSI call metrics; on a
+    node, the volume and drive series; in the controller, the reconcile counters (returned too)."""
+    from ..observe import metrics
+    from ..observe.endpoints import ObserveServer
+
+    reg = metrics.new_registry()
+    calls = metrics.call_counter(reg)
+    for servicer in servicers:
+        metrics.instrument(servicer, calls)
+    if registry is not None:
+        reg.register(metrics.NodeCollector(registry.config.node_id, store, registry))
+    reconcile_metrics = metrics.ReconcileMetrics(reg) if _reconciles(args, store) else None
+    return ObserveServer(args.metrics_address, reg, identity.not_ready), reconcile_metrics
+
+
+def _reconciles(args: argparse.Namespace, store: Any) -> bool:
+    """The controller side on the kube store with a positive --reconcile-interval."""
+    return (not args.no_controller and bool(getattr(args, "reconcile_interval", 0))
+            and callable(getattr(store, "reconcile", None)))
+
+
+def _reconciler(args: argparse.Namespace, store: Any, reconcile_metrics: Any) -> Any:
+    if not _reconciles(args, store):
+        return None
+    from ..observe.reconcile import ReconcileLoop
+
+    loop = ReconcileLoop(store.reconcile, args.reconcile_interval, args.reconcile_grace, reconcile_metrics)
+    loop.start()
+    log.info("reconciling allocation ledgers every %.0f s", args.reconcile_interval)
+    return loop
