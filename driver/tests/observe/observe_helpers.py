@@ -86,9 +86,9 @@ class TcpRelay:
     """Listens on 127.0.0.1:<free port> and pipes each connection to ``upstream``; ``cut()`` closes the
     listener and every connection, as a network partition between the process and the API server would."""
 
-    def __init__(self, upstream: Tuple[str, int]) -> None:
+    def __init__(self, upstream: Tuple[str, int], port: int = 0) -> None:
         self.upstream = upstream
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(("127.0.0.1", port))
         self.port = self._listener.getsockname()[1]
         self._conns: List[socket.socket] = []
         self._lock = threading.Lock()

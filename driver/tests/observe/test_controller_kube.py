@@ -1,0 +1,179 @@
+"""`directpv-csi controller` as a process on the real kube-apiserver (tests/kube): the periodic
+ledger reconcile, and /readyz, /healthz while the API server is reachable, cut off, and back.
+
+No kubelet or scheduler is needed: the controller only talks to the API server. To cut it off
+without stopping the control plane the whole session shares, it reaches the API server through
+a TCP relay of this test (observe_helpers.TcpRelay), which the test closes and reopens.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+from urllib.parse import urlparse
+
+import grpc
+import pytest
+from observe_helpers import TcpRelay, get, metrics_url, one, scrape, series, wait_for
+
+from csi_helpers import PYTHON, GiB  # isort: skip - found through observe_helpers' sys.path entry
+from directpv_csi.core.models import Drive, Volume
+from directpv_csi.csi.proto import csi_pb2 as pb
+from directpv_csi.csi.proto import csi_pb2_grpc as pbg
+from directpv_csi.store.kube import DRIVES, GROUP, VERSION, KubeStore
+from kubernetes import client
+
+pytestmark = [pytest.mark.slow]
+
+
+class Controller:
+    """`directpv-csi controller` as a child process, stopped by its own pid."""
+
+    def __init__(self, workdir: Path, kubeconfig: Path, extra: List[str]) -> None:
+        self.endpoint = "unix://" + str(workdir / "csi.sock")
+        self.log = workdir / "controller.log"
+        self.args = [PYTHON, "-m", "directpv_csi.cmd.main", "controller", "--endpoint", self.endpoint,
+                     "--kubeconfig", str(kubeconfig), "--metrics-address", "127.0.0.1:0", *extra]
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> str:
+        """Start; returns the base URL of its metrics/health server once its CSI Probe says ready."""
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"controller exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            try:
+                with grpc.insecure_channel(self.endpoint) as ch:
+                    return bool(pbg.IdentityStub(ch).Probe(pb.ProbeRequest(), timeout=5).ready.value)
+            except grpc.RpcError:
+                return False
+
+        wait_for("the controller to be ready", ready, log=self.log)
+        return metrics_url(self.log)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture(name="workdir")
+def workdir_fixture() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="dpvobs", dir="/tmp"))  # unix socket paths are short
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(name="cluster")
+def cluster_fixture(kube_store_cluster: Any) -> Iterator[Any]:
+    kube_store_cluster.wipe()
+    yield kube_store_cluster
+    kube_store_cluster.wipe()  # the control plane is shared by the session
+
+
+def _ledger(api: client.CustomObjectsApi, drive_id: str) -> Dict[str, Any]:
+    obj: Dict[str, Any] = api.get_cluster_custom_object(GROUP, VERSION, DRIVES, drive_id)  # type: ignore[assignment]
+    return dict(obj["status"].get("volumes") or {})
+
+
+def _orphan(api: client.CustomObjectsApi, drive_id: str, name: str, pid: int, reserved_at: float) -> None:
+    """What step 1 of reserve_volume leaves when the process dies before step 2 (the volume object)."""
+    obj: Dict[str, Any] = api.get_cluster_custom_object(GROUP, VERSION, DRIVES, drive_id)  # type: ignore[assignment]
+    obj["status"]["volumes"][name] = {"size": GiB, "projectID": pid, "reservedAt": reserved_at, "parameters": {}}
+    obj["status"]["allocated"] += GiB
+    obj["status"]["volumeCount"] += 1
+    api.replace_cluster_custom_object_status(GROUP, VERSION, DRIVES, drive_id, obj)
+
+
+def test_reconcile_releases_old_orphans_only(cluster: Any, workdir: Path) -> None:
+    api = client.CustomObjectsApi(cluster.api_client)
+    store = KubeStore(cluster.new_client())
+    try:
+        store.put_drive(Drive(drive_id="rd1", node="n1", name="sdb", total=8 * GiB))
+        store.reserve_volume(Volume(name="live", drive_id="rd1", node="", size=GiB, project_id=0))
+    finally:
+        store.close()
+    _orphan(api, "rd1", "orphan-old", 7, time.time() - 3600)
+    _orphan(api, "rd1", "orphan-young", 8, time.time())
+    assert set(_ledger(api, "rd1")) == {"live", "orphan-old", "orphan-young"}
+
+    ctl = Controller(workdir, cluster.control_plane.kubeconfig,
+                     ["--reconcile-interval", "0.5", "--reconcile-grace", "600"])
+    try:
+        base = ctl.start()
+        wait_for("orphan-old released", lambda: "orphan-old" not in _ledger(api, "rd1"), log=ctl.log)
+        runs = one(scrape(base), "directpv_reconcile_runs_total", outcome="ok")
+        # two more full rounds after the release: the young record and the live volume stay
+        wait_for("two more reconcile rounds",
+                 lambda: one(scrape(base), "directpv_reconcile_runs_total", outcome="ok") >= runs + 2, log=ctl.log)
+        ledger = _ledger(api, "rd1")
+        assert set(ledger) == {"live", "orphan-young"}
+        drive: Dict[str, Any] = api.get_cluster_custom_object(GROUP, VERSION, DRIVES, "rd1")  # type: ignore[assignment]
+        assert (drive["status"]["allocated"], drive["status"]["volumeCount"]) == (2 * GiB, 2)
+        samples = scrape(base)
+        assert one(samples, "directpv_reconcile_released_total") == 1
+        assert series(samples, "directpv_reconcile_runs_total", outcome="error") == []
+        assert "reconcile released 1 ledger record(s) without a volume object: orphan-old" in ctl.log.read_text()
+    finally:
+        ctl.stop()
+
+
+def test_readiness_follows_the_api_server_liveness_does_not(cluster: Any, workdir: Path) -> None:
+    store = KubeStore(cluster.new_client())
+    try:  # one ledger record: each reconcile round then asks the API server about its volume object
+        store.put_drive(Drive(drive_id="rd2", node="n1", name="sdb", total=8 * GiB))
+        store.reserve_volume(Volume(name="live", drive_id="rd2", node="", size=GiB, project_id=0))
+    finally:
+        store.close()
+    url = urlparse(cluster.control_plane.url)
+    assert url.hostname is not None and url.port is not None
+    relay = TcpRelay((url.hostname, url.port))
+    kubeconfig = workdir / "kubeconfig"
+    kubeconfig.write_text(cluster.control_plane.kubeconfig.read_text().replace(
+        cluster.control_plane.url, f"https://127.0.0.1:{relay.port}"))
+    ctl = Controller(workdir, kubeconfig, ["--reconcile-interval", "0.5"])
+    try:
+        base = ctl.start()
+        assert get(base + "/readyz") == (200, "ok\n")
+        assert get(base + "/healthz") == (200, "ok\n")
+
+        relay.cut()  # the API server is now unreachable for the controller
+        answer = wait_for("/readyz 503", lambda: (a := get(base + "/readyz"))[0] == 503 and a, log=ctl.log)
+        assert answer == (503, "not ready:\n- store\n")
+        assert get(base + "/healthz") == (200, "ok\n")  # alive: kubelet must not restart it for an API outage
+        wait_for("a failed reconcile round", lambda: series(scrape(base), "directpv_reconcile_runs_total",
+                                                            outcome="error"), log=ctl.log)
+        assert ctl.proc is not None and ctl.proc.poll() is None  # reconcile errors are never fatal
+
+        relay = TcpRelay((url.hostname, url.port), port=relay.port)  # the API server is back
+        wait_for("/readyz 200 again", lambda: get(base + "/readyz") == (200, "ok\n"), log=ctl.log)
+        ok = one(scrape(base), "directpv_reconcile_runs_total", outcome="ok")
+        wait_for("a good reconcile round again",
+                 lambda: one(scrape(base), "directpv_reconcile_runs_total", outcome="ok") > ok, log=ctl.log)
+
+        ctl.stop()  # SIGTERM: the HTTP server stops with the process
+        assert get_refused(base)
+    finally:
+        ctl.stop()
+        relay.cut()
+
+
+def get_refused(base: str) -> bool:
+    try:
+        get(base + "/healthz", timeout=5)
+    except OSError:
+        return True
+    return False
