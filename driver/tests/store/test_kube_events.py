@@ -92,6 +92,10 @@ def test_volume_provisioned_expanded_released(cluster: KubeStoreCluster, store: 
     assert "from 1 GiB to 2 GiB" in got[1]["note"] and d.drive_id in got[1]["note"]
     assert "2 GiB released" in got[2]["note"] and "node n1" in got[2]["note"]
     assert all(e["type"] == "Normal" for e in got)
+    # what `kubectl describe dpvv` and `kubectl get events` read: the same Events through core/v1
+    core = client.CoreV1Api(cluster.api_client).list_namespaced_event(
+        "default", field_selector=f"involvedObject.uid={vuid},involvedObject.kind=DirectPVVolume")
+    assert sorted(str(e.reason) for e in core.items) == sorted(reasons(got))
 
     duid = uid_of(cluster, DRIVES, d.drive_id)
     (added,) = events_about(cluster, duid)

@@ -37,11 +37,11 @@ event, sends them. A failed API call is logged (at most one line per ``log_every
 count of the failures it stands for) and the event dropped.
 
 Aggregation, as client-go does it: events with the same regarding object (uid), reason, type and
-action within ``window_s`` (6 minutes, client-go's) are one series. The first is created; the
-repeats only increment a counter in memory, and the thread patches ``series: {count,
-lastObservedTime}`` at most once per ``series_flush_s`` per series (and at close). A drive that
-flaps between Ready and Lost a thousand times makes two Events and a few patches, not 2,000
-objects in etcd.
+action, each less than ``window_s`` (6 minutes, client-go's) after the previous one, are one
+series. The first is created; the repeats only increment a counter in memory, and the thread
+patches ``series: {count, lastObservedTime}`` at most once per ``series_flush_s`` per series (and
+at close). A drive that flaps between Ready and Lost a thousand times makes two Events and a few
+patches, not 2,000 objects in etcd.
 """
 
 from __future__ import annotations
