@@ -36,7 +36,7 @@ LivenessCheck = Callable[[], Tuple[bool, str]]
 ReadinessCheck = Callable[[], List[str]]
 
 METRICS_PATHS = ("/metrics", "/directpv/metrics")
-HEALTH_TIMEOUT_S = 5.0
+HEALTH_TIMEOUT_S = 3.0  # below the probes' timeoutSeconds (5) in roles/install
 
 
 def parse_address(text: str) -> Tuple[str, int]:
