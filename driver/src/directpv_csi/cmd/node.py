@@ -2,10 +2,12 @@
 drive registry, on the Kubernetes store (CRDs in directpv.dev).
 
     directpv-csi node --node-id "$NODE_NAME" --endpoint unix:///csi/csi.sock \\
-        --state-dir /var/lib/directpv-csi --kubelet-dir /var/lib/kubelet [--kubeconfig FILE]
+        --state-dir /var/lib/directpv-csi --kubelet-dir /var/lib/kubelet [--kubeconfig FILE] \
+        [--metrics-address :10443]
 
 The registry finds the drives formatted by us on this node, mounts them under
-STATE_DIR/mnt/<drive id> and records them (Ready / Lost / Error) in the store.
+STATE_DIR/mnt/<drive id> and records them (Ready / Lost / Error) in the store. /metrics on
+--metrics-address carries DirectPV's volume and drive series (observe/metrics.py).
 """
 
 from __future__ import annotations
