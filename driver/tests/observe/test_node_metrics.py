@@ -91,6 +91,12 @@ def test_volume_and_drive_series(loopdev: Callable[..., str], short_dir: Path) -
             assert one(published, "directpv_stats_bytes_total", **labels) == 64 * MiB
             assert series(published, "directpv_stats_bytes_used", volumeID="obs-b") == []  # only published ones
             written0 = one(published, "directpv_stats_drive_total_write_bytes", drive=drive, node=NODE)
+            # scrapes hold no resources: each HTTP request has its own thread, the store reads do not
+            fds = one(scrape(base), "process_open_fds")
+            for _ in range(30):
+                scrape(base)
+                get(base + "/readyz")
+            assert one(scrape(base), "process_open_fds") <= fds + 2
 
             _write(os.path.join(target, "data"), 16 * MiB)
             subprocess.run(["blockdev", "--flushbufs", dev], check=True)  # the loop device's writes reach stat

@@ -20,8 +20,10 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -36,6 +38,7 @@ LivenessCheck = Callable[[], Tuple[bool, str]]
 ReadinessCheck = Callable[[], List[str]]
 
 METRICS_PATHS = ("/metrics", "/directpv/metrics")
+WORK_TIMEOUT_S = 20.0  # a scrape or readiness check that takes longer is answered 503
 HEALTH_TIMEOUT_S = 3.0  # below the probes' timeoutSeconds (5) in roles/install
 
 
@@ -111,17 +114,19 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path in METRICS_PATHS:
                 encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
-                status, data = 200, encoder(obs.registry)
+                status, data = 200, obs.run(obs.metrics_worker, lambda: encoder(obs.registry))
             elif path == "/healthz":
                 ok, message = obs.live()
                 status, data = (200 if ok else 503), (message + "\n").encode()
             elif path == "/readyz":
-                failing = obs.not_ready()
+                failing = obs.run(obs.ready_worker, obs.not_ready)
                 status = 503 if failing else 200
                 text = "not ready:\n" + "".join(f"- {f}\n" for f in failing) if failing else "ok\n"
                 data = text.encode()
             else:
                 status, data = 404, b"not found: try /metrics, /healthz or /readyz\n"
+        except FutureTimeout:
+            status, data = 503, f"{path}: no answer within {WORK_TIMEOUT_S:.0f} s (is the store reachable?)\n".encode()
         except Exception as exc:  # a failing collector or check: answer 500, keep serving
             log.exception("%s failed", path)
             status, data = 500, f"{path} failed: {type(exc).__name__}: {exc}\n".encode()
@@ -134,6 +139,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+
+T = TypeVar("T")
 
 
 def _not_live() -> Tuple[bool, str]:
@@ -150,6 +158,10 @@ class ObserveServer:
         self.not_ready = not_ready
         self.live: LivenessCheck = _not_live
         self._liveness: Optional[GrpcLiveness] = None
+        # Store reads run on these long-lived threads, never on the per-request threads of the HTTP
+        # server: the embedded store keeps one read connection per thread for the thread's life.
+        self.metrics_worker = ThreadPoolExecutor(1, thread_name_prefix="observe-metrics")
+        self.ready_worker = ThreadPoolExecutor(1, thread_name_prefix="observe-ready")
         try:
             self._httpd = self._bind(host, port)
         except OSError as exc:
@@ -158,6 +170,11 @@ class ObserveServer:
                 "choose another --metrics-address (port 0 picks a free one), or --metrics-address '' to disable",
             ) from exc
         self._thread: Optional[threading.Thread] = None
+
+    @staticmethod
+    def run(worker: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        """``fn()`` on ``worker``; FutureTimeout after WORK_TIMEOUT_S (the call goes on and ends alone)."""
+        return worker.submit(fn).result(timeout=WORK_TIMEOUT_S)
 
     def _bind(self, host: str, port: int) -> _Server:
         if host:
@@ -202,6 +219,8 @@ class ObserveServer:
             self._thread.join(timeout=10)
             self._thread = None
         self._httpd.server_close()
+        for worker in (self.metrics_worker, self.ready_worker):
+            worker.shutdown(wait=False, cancel_futures=True)
         if self._liveness is not None:
             self._liveness.close()
             self._liveness = None
