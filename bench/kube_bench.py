@@ -171,7 +171,9 @@ class Server:
 
     @classmethod
     def kube(cls, workdir: Path, tag: str, cp: ControlPlane) -> Server:
-        return cls(workdir, tag, ["controller", "--kubeconfig", str(cp.kubeconfig)])
+        # metrics on, as deployed, but on a free port (:30443 may be taken by anything on this host)
+        return cls(workdir, tag, ["controller", "--kubeconfig", str(cp.kubeconfig),
+                                  "--metrics-address", "127.0.0.1:0"])
 
     @classmethod
     def embedded(cls, workdir: Path, tag: str, state_dir: Path) -> Server:

@@ -121,7 +121,8 @@ def start_controller(kubeconfig: Path, workdir: Path, tag: str) -> Controller:
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "directpv_csi.cmd.main", "controller", "--kubeconfig", str(kubeconfig),
-             "--endpoint", "unix://" + str(sock), "--log-level", "WARNING"],
+             "--endpoint", "unix://" + str(sock), "--log-level", "WARNING",
+             "--metrics-address", "127.0.0.1:0"],  # two replicas on one host: not both on :30443
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
         )
     return Controller(proc, sock, log)
