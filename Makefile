@@ -15,12 +15,12 @@ setup-system:
 setup-venv:
 	bash scripts/setup-venv.sh
 
-# Go-built test tools into ~/.cache/directpv-csi/tools (reused once built): csi-sanity, and the
-# real control plane (kube-apiserver, etcd) for tests/kube. The CSI sidecars (csi-provisioner,
-# csi-resizer) are built on demand: `bash scripts/build-kube-tools.sh csi-provisioner csi-resizer`.
+# Go-built test tools into ~/.cache/directpv-csi/tools (reused once built): csi-sanity, the real
+# control plane (kube-apiserver, etcd, kube-controller-manager) and the CSI sidecars
+# (csi-provisioner, csi-resizer) for tests/kube (the end-to-end PVC test needs all of them).
 tools:
 	bash scripts/build-tools.sh
-	bash scripts/build-kube-tools.sh kube-apiserver etcd
+	bash scripts/build-kube-tools.sh
 
 test: setup
 	bash scripts/test.sh

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Builds a real Kubernetes control plane for tests (kube-apiserver, etcd) and the
-# CSI sidecars (csi-provisioner, csi-resizer) from their Go modules into a cache
+# Builds a real Kubernetes control plane for tests (kube-apiserver, etcd,
+# kube-controller-manager for the PersistentVolume controllers) and the CSI sidecars (csi-provisioner, csi-resizer) from their Go modules into a cache
 # outside the repository (never committed). Each binary is stored under a
 # versioned name with a stable symlink; a versioned binary that exists is reused.
 #   TOOLS_DIR   where binaries go          (default: ~/.cache/directpv-csi/tools)
 #   GOPATH, GOCACHE                        (default: ~/.cache/directpv-csi/{gopath,gocache})
 #   KUBE_WORK   wrapper modules (go.mod)   (default: ~/.cache/directpv-csi/kube-work)
-# Usage: scripts/build-kube-tools.sh [kube-apiserver|etcd|csi-provisioner|csi-resizer] ...
-#        (no argument: all four). Builds run under `nice -n 19`; CGO is off.
+# Usage: scripts/build-kube-tools.sh [kube-apiserver|etcd|kube-controller-manager|csi-provisioner|csi-resizer] ...
+#        (no argument: all five). Builds run under `nice -n 19`; CGO is off.
 #
-# kube-apiserver and etcd cannot be `go install`ed: their go.mod files point
+# kube-apiserver, kube-controller-manager and etcd cannot be `go install`ed: their go.mod files point
 # their sibling modules at local directories (`replace k8s.io/api =>
 # ./staging/src/k8s.io/api`). We generate a wrapper module that requires the
 # release and replaces every such sibling with its published version
@@ -89,23 +89,24 @@ wrapper_build() {
   mv "$out.tmp" "$out"
 }
 
-build_kube_apiserver() {
-  local out="$TOOLS_DIR/kube-apiserver-$KUBE_VERSION"
+# build_kube NAME: a k8s.io/kubernetes command (kube-apiserver, kube-controller-manager)
+build_kube() {
+  local name=$1 out="$TOOLS_DIR/$1-$KUBE_VERSION"
   if [ ! -x "$out" ]; then
-    need_go kube-apiserver
-    echo "kube-apiserver: building $KUBE_VERSION (wrapper module in $KUBE_WORK/kube-apiserver)"
+    need_go "$name"
+    echo "$name: building $KUBE_VERSION (wrapper module in $KUBE_WORK/$name)"
     local gomod staging_v replaces minor
     gomod=$(mod_file "k8s.io/kubernetes@$KUBE_VERSION")
     staging_v="v0.${KUBE_VERSION#v1.}"
     replaces=$(local_replaces "$gomod" | awk -v v="$staging_v" '{ print "\t" $1 " => " $1 " " v }')
-    [ -n "$replaces" ] || { echo "kube-apiserver: no staging replaces found in $gomod" >&2; return 1; }
+    [ -n "$replaces" ] || { echo "$name: no staging replaces found in $gomod" >&2; return 1; }
     minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
-    wrapper_build kube-apiserver "$KUBE_WORK/kube-apiserver" k8s.io/kubernetes "$KUBE_VERSION" \
-      k8s.io/kubernetes/cmd/kube-apiserver "$out" \
+    wrapper_build "$name" "$KUBE_WORK/$name" k8s.io/kubernetes "$KUBE_VERSION" \
+      "k8s.io/kubernetes/cmd/$name" "$out" \
       "-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean" \
       "$replaces"
-  else echo "kube-apiserver: cached at $out"; fi
-  publish kube-apiserver "$out"
+  else echo "$name: cached at $out"; fi
+  publish "$name" "$out"
 }
 
 build_etcd() {
@@ -156,7 +157,7 @@ go_install() {
 }
 
 targets=("$@")
-known=(kube-apiserver etcd csi-provisioner csi-resizer)
+known=(kube-apiserver etcd kube-controller-manager csi-provisioner csi-resizer)
 [ "${#targets[@]}" -gt 0 ] || targets=("${known[@]}")
 for t in "${targets[@]}"; do  # refuse a typo before spending minutes on the others
   [[ " ${known[*]} " == *" $t "* ]] || { echo "build-kube-tools: unknown tool '$t' (known: ${known[*]})" >&2; exit 2; }
@@ -164,7 +165,7 @@ done
 for t in "${targets[@]}"; do
   start=$(date +%s)
   case "$t" in
-    kube-apiserver) build_kube_apiserver ;;
+    kube-apiserver|kube-controller-manager) build_kube "$t" ;;
     etcd) build_etcd ;;
     csi-provisioner) build_csi_provisioner ;;
     csi-resizer) go_install csi-resizer github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer "$RESIZER_VERSION" ;;

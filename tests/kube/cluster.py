@@ -32,7 +32,7 @@ class KubeStoreCluster:
 
     def wipe(self) -> None:
         """Delete every DirectPVDrive and DirectPVVolume, finalizers included."""
-        api = client.CustomObjectsApi(self.api_client)
+        api: Any = client.CustomObjectsApi(self.api_client)  # untyped dict answers
         for plural in (VOLUMES, DRIVES):
             for obj in api.list_cluster_custom_object(GROUP, VERSION, plural)["items"]:
                 name = obj["metadata"]["name"]

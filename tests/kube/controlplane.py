@@ -231,11 +231,13 @@ class Proc:
         self._log_file.close()
 
 
-def start(name: str, argv: Sequence[str], log_dir: Path) -> Proc:
+def start(name: str, argv: Sequence[str], log_dir: Path, env: Optional[Dict[str, str]] = None) -> Proc:
+    """Start ``argv`` logging to ``log_dir/name.log``; ``env`` is added to this process's environment."""
     log = log_dir / f"{name}.log"
     f = open(log, "wb")  # noqa: SIM115 - closed by Proc.stop
     popen = subprocess.Popen(
-        list(argv), stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        list(argv), stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+        env=None if env is None else {**os.environ, **env},
     )
     return Proc(name, popen, log, f)
 
