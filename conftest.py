@@ -64,8 +64,9 @@ def loopdev(tmp_path: Path) -> Iterator[Callable[..., str]]:
     yield make
     for dev, backing in zip(created, backings):
         # A test may have detached the device itself, and the name may since have been
-        # reused by another test: act only while it still points at our own file.
-        if backing_file(dev) != str(backing):
+        # reused by another test: act only while it still points at our own file (which the
+        # test may have unlinked already: the kernel then shows it with " (deleted)").
+        if backing_file(dev) not in (str(backing), f"{backing} (deleted)"):
             continue
         subprocess.run(["swapoff", dev], capture_output=True)
         for point in _mounted_from(dev):
