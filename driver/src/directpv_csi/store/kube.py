@@ -78,6 +78,7 @@ LABEL_TIER = "directpv.dev/access-tier"
 
 EVENT_TIMEOUT_S = 5.0  # one events.k8s.io call (the recorder's thread waits, never the operation)
 MAX_ATTEMPTS = 400  # optimistic retries of one write under contention (each costs one GET)
+PING_TIMEOUT_S = 3.0  # readiness must answer before the kubelet's probe gives up
 ORPHAN_GRACE_S = 300.0  # ledger records younger than this may belong to a reservation in flight
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -877,7 +878,7 @@ class KubeStore:
 
     def ping(self) -> bool:
         try:
-            k8s.VersionApi(self._client).get_code()
+            k8s.VersionApi(self._client).get_code(_request_timeout=PING_TIMEOUT_S)
         except Exception:
             return False
         return not self._closed
