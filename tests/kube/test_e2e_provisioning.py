@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import grpc
 import pytest
@@ -132,6 +132,11 @@ class Cluster:
         d = self.drive()
         assert d is not None
         return int(d["status"].get("allocated", 0))
+
+    def event_reasons(self, object_name: str) -> Set[str]:
+        """Reasons of the events.k8s.io Events about a DirectPV object (recorded in ``default``)."""
+        events = client.EventsV1Api(self.core.api_client).list_namespaced_event("default").items
+        return {str(e.reason) for e in events if e.regarding is not None and e.regarding.name == object_name}
 
     def pvc(self, name: str) -> Any:
         return self.core.read_namespaced_persistent_volume_claim(name, self.app_namespace)
@@ -321,6 +326,13 @@ def test_pvc_pending_bound_published_written_expanded_deleted(
         wait_for("the node to purge the volume's directory",
                  lambda: not any(handle in p.name for p in mountpoint.iterdir()), procs)
         wait_for("CSIStorageCapacity back to the whole drive", lambda: c.capacity_bytes() == total, procs)
+        # the store's Events about this volume, as `kubectl describe` would list them
+        reasons = wait_for("the volume's Events", lambda: (r := c.event_reasons(object_name(handle))) >= {
+            "VolumeProvisioned", "VolumeExpanded", "VolumeReleased"} and r, procs)
+        assert "DriveAdded" in c.event_reasons(drive["metadata"]["name"]), reasons
+        # both sidecars really elected a leader through a Lease in the driver's namespace
+        leases = client.CoordinationV1Api(cp.api_client).list_namespaced_lease(c.namespace).items
+        assert len([le for le in leases if le.spec and le.spec.holder_identity]) == 2, leases
         for p in procs:
             assert p.popen.poll() is None, f"{p.name} died:\n{p.tail(40)}"
     finally:
