@@ -407,7 +407,7 @@ def test_list_volumes_paginates(csi: Csi) -> None:
 
 
 class _SlowStore:
-    """The real store, with get_volume held until released: a call stays in flight."""
+    """The real store, with volume reads held until released: a call stays in flight."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -421,6 +421,11 @@ class _SlowStore:
         self.entered.set()
         self.release.wait(10)
         return self.inner.get_volume(name)
+
+    def read_volume(self, name: str) -> Any:
+        self.entered.set()
+        self.release.wait(10)
+        return self.inner.read_volume(name)
 
 
 def test_concurrent_call_on_same_volume_is_aborted(short_dir: Path) -> None:

@@ -302,3 +302,34 @@ def test_csi_names_that_are_not_object_names_round_trip(store: KubeStore, cluste
     assert store.delete_volume(name) is not None and store.get_volume(name) is None
     assert store.check() == []
     assert object_name("pvc-0a1b") == "pvc-0a1b", "valid names (external-provisioner's) are kept as they are"
+
+
+def test_a_lagging_replica_confirms_a_miss_before_deleting_or_answering_not_found(cluster: KubeStoreCluster) -> None:
+    """Replica b's volume watch stops (a watch that lags behind): a's new volume is not in b's cache.
+    b's DeleteVolume must still delete it (an OK for a live volume would leak it and its space when
+    csi-provisioner then deletes the PV), and b's expansion must find it."""
+    from directpv_csi.csi.controller import ControllerServicer
+    from directpv_csi.csi.proto import csi_pb2 as pb
+
+    a = KubeStore(cluster.new_client())
+    b = KubeStore(cluster.new_client())
+    try:
+        a.put_drive(Drive(drive_id="d1", node="n1", name="sdb", total=10 * GiB))
+        assert eventually(lambda: b.get_drive("d1") is not None)
+        b._volumes.stop()  # from here on b's volume cache hears nothing
+        a.reserve_volume(Volume(name="v1", drive_id="d1", node="", size=GiB, project_id=0))
+        a.reserve_volume(Volume(name="v2", drive_id="d1", node="", size=GiB, project_id=0))
+        time.sleep(0.5)
+        assert b.get_volume("v1") is None  # the lag this test is about
+        assert b.read_volume("v1") is not None and b.read_volume("v1").size == GiB  # type: ignore[union-attr]
+        assert b.read_volume("nope") is None
+        ctrl = ControllerServicer(b)
+        grown = ctrl.ControllerExpandVolume(pb.ControllerExpandVolumeRequest(
+            volume_id="v2", capacity_range=pb.CapacityRange(required_bytes=2 * GiB)), None)
+        assert grown.capacity_bytes == 2 * GiB
+        ctrl.DeleteVolume(pb.DeleteVolumeRequest(volume_id="v1"), None)
+        assert a._get(VOLUMES, "v1") is None
+        assert eventually(lambda: a.get_drive("d1").allocated == 2 * GiB)  # type: ignore[union-attr]
+    finally:
+        a.close()
+        b.close()

@@ -234,7 +234,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
                      context: grpc.ServicerContext) -> csi_pb2.DeleteVolumeResponse:
         name = check_required(request.volume_id, "volume_id")
         with self.inflight.hold(name):
-            vol = self.store.get_volume(name)
+            vol = self.store.read_volume(name)  # never answer OK for a volume another replica just made
             if vol is None:
                 return csi_pb2.DeleteVolumeResponse()
             if vol.staging_path or vol.target_paths:
@@ -256,7 +256,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         if request.HasField("volume_capability"):
             check_capabilities([capability_of(request.volume_capability)])
         with self.inflight.hold(name):
-            vol = self.store.get_volume(name)
+            vol = self.store.read_volume(name)
             if vol is None:
                 raise NotFound(f"volume {name} not found", "check the volume id")
             new = check_expand(request.capacity_range.required_bytes, request.capacity_range.limit_bytes, vol.size)
@@ -269,7 +269,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         name = check_required(request.volume_id, "volume_id")
         if not request.volume_capabilities:
             raise InvalidArgument("volume capabilities are missing", "pass at least one volume capability")
-        if self.store.get_volume(name) is None:
+        if self.store.read_volume(name) is None:
             raise NotFound(f"volume {name} not found", "check the volume id")
         for cap in request.volume_capabilities:
             problem = capability_problem(capability_of(cap))

@@ -137,7 +137,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     # ------------------------------------------------------------------ helpers
 
     def _volume(self, volume_id: str) -> Volume:
-        vol = self.store.get_volume(volume_id)
+        vol = self.store.read_volume(volume_id)  # the controller may have created it a moment ago
         if vol is None:
             raise NotFound(f"volume {volume_id} not found", "check the volume id (CreateVolume returns it)")
         return vol

@@ -291,7 +291,7 @@ class DriveRegistry:
         if not caller_holds and not self.inflight.try_acquire(volume.name):
             return False
         try:
-            current = self.store.get_volume(volume.name)
+            current = self.store.read_volume(volume.name)  # data is removed only for a confirmed miss
             if current is not None and current.drive_id == md.drive_id:
                 return False  # recreated meanwhile: it is live again
             if not _volumes.volume_path(md.mount, volume.name).is_dir():
@@ -329,7 +329,7 @@ class DriveRegistry:
                 if not self.inflight.try_acquire(name):
                     continue  # a node call is working on it; next round
                 try:
-                    vol = self.store.get_volume(name)
+                    vol = self.store.read_volume(name)  # data is removed only for a confirmed miss
                     if vol is not None and vol.drive_id == md.drive_id:
                         continue
                     pids = {v.project_id for v in self.store.list_volumes(drive_id=md.drive_id)}

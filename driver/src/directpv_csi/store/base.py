@@ -63,6 +63,13 @@ class Store(Protocol):
 
     def get_volume(self, name: str) -> Optional[Volume]: ...
 
+    def read_volume(self, name: str) -> Optional[Volume]:
+        """Like get_volume, but a miss is confirmed with the store of record before it is believed
+        (an adapter with a cache may lag behind another replica's write). Use it where a wrong
+        "not found" would lose something: DeleteVolume answering OK for a live volume, the node's
+        garbage collector removing a live volume's data."""
+        ...
+
     def list_volumes(self, drive_id: Optional[str] = None, node: Optional[str] = None,
                      start_after: str = "", limit: int = 0) -> Sequence[Volume]:
         """Ordered by name; ``start_after``/``limit`` paginate (ListVolumes)."""

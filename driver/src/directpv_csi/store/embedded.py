@@ -467,6 +467,9 @@ class EmbeddedStore:
     def get_volume(self, name: str) -> Optional[Volume]:
         return self._volume_row_of(self._reader(), name)
 
+    def read_volume(self, name: str) -> Optional[Volume]:
+        return self.get_volume(name)  # the database is the store of record: no cache to lag
+
     def list_volumes(self, drive_id: Optional[str] = None, node: Optional[str] = None,
                      start_after: str = "", limit: int = 0) -> Sequence[Volume]:
         where: List[str] = []

@@ -702,6 +702,11 @@ class KubeStore:
         obj = self._volumes.get(object_name(name))
         return None if obj is None else volume_of(obj)
 
+    def read_volume(self, name: str) -> Optional[Volume]:
+        """The cached volume; on a miss, a GET (this replica's watch may not have seen another's create)."""
+        obj = self._volumes.get(object_name(name)) or self._get(VOLUMES, object_name(name))
+        return None if obj is None else volume_of(obj)
+
     def list_volumes(self, drive_id: Optional[str] = None, node: Optional[str] = None,
                      start_after: str = "", limit: int = 0) -> Sequence[Volume]:
         if drive_id is not None:
