@@ -213,6 +213,9 @@ class _Informer:
 
     def _put(self, obj: Obj) -> None:
         name = obj["metadata"]["name"]
+        # managedFields (server-side apply bookkeeping) are most of a small object's size and never
+        # read here; a replace without them leaves the server's copy unchanged
+        obj["metadata"].pop("managedFields", None)
         self._unindex(name)
         self.items[name] = obj
         for key, fn in self._index_fns.items():
