@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import IO, Any, Callable, Dict, Optional, Sequence, TypeVar
 
 import pytest
 
 REPO = Path(__file__).resolve().parent
 FIXTURES = REPO / "tests" / "fixtures"
+PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 
 
 def is_root() -> bool:
@@ -33,3 +39,103 @@ def backing_file(dev: str) -> str:
             return f.read().strip()
     except OSError:
         return ""
+
+
+# --- child processes ---------------------------------------------------------------------
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    """SIGTERM this exact process; SIGKILL when it outlives ``grace_s``. Never signals anything else."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(grace_s)
+
+
+P = TypeVar("P", bound="DriverProcess")
+
+
+class DriverProcess:
+    """``directpv-csi ROLE --endpoint unix://SOCKET ARGS...`` as a child process (the real entry
+    point), its output in ``log``, a client channel to its socket, stopped by its own pid.
+
+    ``start()`` launches it; ``wait_ready()`` waits until its CSI Probe says ready (and ``check``
+    holds, if given), failing with the log's tail when it exits or times out."""
+
+    def __init__(self, role: str, socket: Path, args: Sequence[str] = (), *, log: Optional[Path] = None,
+                 env: Optional[Dict[str, str]] = None) -> None:
+        self.role = role
+        self.socket = socket
+        self.endpoint = "unix://" + str(socket)
+        self.log = log if log is not None else socket.with_suffix(".log")
+        self.args = [PYTHON, "-m", "directpv_csi.cmd.main", role, "--endpoint", self.endpoint, *args]
+        self.env = env
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self._channel: Any = None
+
+    def start(self: P) -> P:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out: IO[bytes]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=None if self.env is None else {**os.environ, **self.env})
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "start() it first"
+        return self.proc.pid
+
+    def tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    @property
+    def channel(self) -> Any:
+        """A grpc.Channel to the socket (made on first use, closed by stop())."""
+        import grpc
+
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.endpoint)
+        return self._channel
+
+    def wait_ready(self: P, timeout_s: float = 60.0, check: Optional[Callable[[], bool]] = None) -> P:
+        import grpc
+        from directpv_csi.csi.proto import csi_pb2 as pb
+        from directpv_csi.csi.proto import csi_pb2_grpc as pbg
+
+        assert self.proc is not None, "start() it first"
+        deadline = time.monotonic() + timeout_s
+        last = "no socket yet"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.role} exited {self.proc.returncode}:\n{self.tail()}")
+            if self.socket.exists():
+                try:
+                    if pbg.IdentityStub(self.channel).Probe(pb.ProbeRequest(), timeout=5).ready.value:
+                        if check is None or check():
+                            return self
+                        last = "ready, check not met yet"
+                    else:
+                        last = "Probe: not ready"
+                except grpc.RpcError as e:
+                    last = f"{e.code().name}: {e.details()}"
+            time.sleep(0.05)
+        raise AssertionError(f"{self.role} not ready after {timeout_s:.0f} s ({last}):\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)

@@ -31,9 +31,7 @@ import os
 import random
 import re
 import shutil
-import signal
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,6 +44,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "driver" / "src"))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # testsupport
 
 import grpc  # noqa: E402
 from directpv_csi.core.models import Drive  # noqa: E402
@@ -54,6 +53,8 @@ from directpv_csi.csi.proto import csi_pb2_grpc as pbg  # noqa: E402
 from directpv_csi.store.embedded import EmbeddedStore  # noqa: E402
 from directpv_csi.store.kube import KubeStore, apply_crds  # noqa: E402
 from kube.controlplane import ControlPlane, find_binaries, launch, shutdown, tools_dir  # noqa: E402
+
+from testsupport import DriverProcess  # noqa: E402
 
 GiB = 1024**3
 TiB = 1024**4
@@ -154,20 +155,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Server:
+class Server(DriverProcess):
     """A `directpv-csi controller` (kube) or `standalone --no-node` (embedded) child process."""
 
     def __init__(self, workdir: Path, tag: str, argv: List[str]) -> None:
-        self.socket = workdir / f"{tag}.sock"
-        self.endpoint = "unix://" + str(self.socket)
-        self.log = workdir / f"{tag}.log"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "directpv_csi.cmd.main", *argv, "--endpoint", self.endpoint,
-                 "--log-level", "WARNING"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": str(REPO / "driver" / "src")})
-        self.channel: Optional[grpc.Channel] = None
+        super().__init__(argv[0], workdir / f"{tag}.sock", [*argv[1:], "--log-level", "WARNING"],
+                         env={"PYTHONPATH": str(REPO / "driver" / "src")})
+        self.start()
 
     @classmethod
     def kube(cls, workdir: Path, tag: str, cp: ControlPlane) -> Server:
@@ -180,44 +174,19 @@ class Server:
         return cls(workdir, tag, ["standalone", "--no-node", "--state-dir", str(state_dir)])
 
     def wait(self, capacity: int, timeout_s: float = 120.0) -> float:
-        """Wait until it serves and GetCapacity reports ``capacity``; returns the seconds since start."""
+        """Wait until it serves and GetCapacity reports ``capacity``; returns the seconds it took."""
         t0 = time.monotonic()
-        deadline = t0 + timeout_s
-        last = "not serving yet"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.log.name}: exited {self.proc.returncode}: {self.tail()}")
-            if self.socket.exists():
-                if self.channel is None:
-                    self.channel = grpc.insecure_channel(self.endpoint)
-                try:
-                    got = self.controller.GetCapacity(pb.GetCapacityRequest(), timeout=5).available_capacity
-                    if got == capacity:
-                        return time.monotonic() - t0
-                    last = f"GetCapacity {got}, waiting for {capacity}"
-                except grpc.RpcError as e:
-                    last = f"{e.code().name}: {e.details()}"
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.log.name}: not ready after {timeout_s:.0f} s ({last}): {self.tail()}")
+
+        def holds() -> bool:
+            got = self.controller.GetCapacity(pb.GetCapacityRequest(), timeout=5).available_capacity
+            return bool(got == capacity)
+
+        self.wait_ready(timeout_s, check=holds)
+        return time.monotonic() - t0
 
     @property
     def controller(self) -> Any:
-        assert self.channel is not None
         return pbg.ControllerStub(self.channel)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-2000:]
-
-    def stop(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 def create_req(name: str, node: str) -> Any:
@@ -271,7 +240,7 @@ def throughput(server: Server, prefix: str, nodes: Sequence[str], clients_list: 
     for clients in clients_list:
         picks = [rng.choice(nodes) for _ in range(creates)]
         batch = [f"{prefix}-c{clients}-{i:05d}" for i in range(creates)]
-        pids = {"controller" if cp is not None else "standalone": server.proc.pid}
+        pids = {"controller" if cp is not None else "standalone": server.pid}
         if cp is not None:
             pids.update({name: p.popen.pid for name, p in cp.procs.items()})
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -343,7 +312,7 @@ def main() -> int:
         base = start(Server.kube(work, "base", cp))
         base.wait(0)
         time.sleep(1.0)
-        rss0 = proc_status(base.proc.pid)
+        rss0 = proc_status(base.pid)
         stop(base)
 
         # --- 1. CreateVolume throughput -----------------------------------------------------
@@ -391,7 +360,7 @@ def main() -> int:
         big = start(Server.kube(work, "rss", cp))
         ready_s = big.wait(sum(d.total for d in every))
         time.sleep(1.0)
-        rss = proc_status(big.proc.pid)
+        rss = proc_status(big.pid)
         stop(big)
 
         state2 = work / "embedded-rss"
@@ -400,7 +369,7 @@ def main() -> int:
         emb2 = start(Server.embedded(work, "emb-rss", state2))
         emb2.wait(sum(d.total for d in every))
         time.sleep(1.0)
-        rss_emb = proc_status(emb2.proc.pid)
+        rss_emb = proc_status(emb2.pid)
         stop(emb2)
 
         n = len(every)

@@ -49,6 +49,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes import client as k8s_client
 
+from testsupport import stop_process
+
 SERVICE_CIDR = "10.0.0.0/24"
 READY_TIMEOUT_S = float(os.environ.get("KUBE_READY_TIMEOUT", "120"))
 
@@ -221,13 +223,7 @@ class Proc:
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Terminate this exact process, then kill it if it outlives ``grace_s``."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=grace_s)
+        stop_process(self.popen, grace_s)
         self._log_file.close()
 
 

@@ -20,15 +20,11 @@ concurrently brings every drive's allocation back to 0.
 from __future__ import annotations
 
 import shutil
-import signal
 import ssl
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, cast
 
@@ -41,6 +37,8 @@ from directpv_csi.store.kube import DRIVES, GROUP, VERSION, VOLUMES, KubeStore, 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from testsupport import DriverProcess
+
 from .cluster import KubeStoreCluster
 
 pytestmark = pytest.mark.slow
@@ -52,80 +50,26 @@ REQUEST = 64 * MiB
 N_DRIVES = 3
 N_CALLS = 100
 FITS = N_DRIVES * (DRIVE_SIZE // REQUEST)  # 48
-REPO = Path(__file__).resolve().parents[2]
 DRIVE_IDS = [f"cc-drive-{i}" for i in range(N_DRIVES)]
 NAMES = [f"pvc-{i:03d}" for i in range(N_CALLS)]
 
 Outcome = Tuple[str, Any]  # ("ok", csi Volume) or (status code name, details)
 
 
-@dataclass
-class Controller:
+class Controller(DriverProcess):
     """One `directpv-csi controller` child process and a client channel to its socket."""
 
-    proc: subprocess.Popen[bytes]
-    socket: Path
-    log: Path
-    channel: Optional[grpc.Channel] = None
-
-    @property
-    def endpoint(self) -> str:
-        return "unix://" + str(self.socket)
-
-    def tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-    def wait_serving(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"controller exited {self.proc.returncode}:\n{self.tail()}")
-            if self.socket.exists():
-                ch = grpc.insecure_channel(self.endpoint)
-                try:
-                    if pbg.IdentityStub(ch).Probe(pb.ProbeRequest(), timeout=2).ready.value:
-                        self.channel = ch
-                        return
-                except grpc.RpcError:
-                    pass
-                ch.close()
-            time.sleep(0.1)
-        raise AssertionError(f"controller not serving after {timeout_s:.0f} s:\n{self.tail()}")
+    def __init__(self, kubeconfig: Path, workdir: Path, tag: str) -> None:
+        super().__init__("controller", workdir / f"{tag}.sock",
+                         ["--kubeconfig", str(kubeconfig), "--log-level", "WARNING",
+                          "--metrics-address", "127.0.0.1:0"])  # two replicas on one host: not both on :30443
 
     @property
     def stub(self) -> Any:
-        assert self.channel is not None
         return pbg.ControllerStub(self.channel)
 
     def capacity(self) -> int:
         return int(self.stub.GetCapacity(pb.GetCapacityRequest(), timeout=10).available_capacity)
-
-    def stop(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
-def start_controller(kubeconfig: Path, workdir: Path, tag: str) -> Controller:
-    sock = workdir / f"{tag}.sock"
-    log = workdir / f"{tag}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "directpv_csi.cmd.main", "controller", "--kubeconfig", str(kubeconfig),
-             "--endpoint", "unix://" + str(sock), "--log-level", "WARNING",
-             "--metrics-address", "127.0.0.1:0"],  # two replicas on one host: not both on :30443
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
-        )
-    return Controller(proc, sock, log)
 
 
 def eventually(check: Callable[[], bool], timeout_s: float = 20.0) -> bool:
@@ -220,9 +164,9 @@ def controllers_fixture(cluster: KubeStoreCluster) -> Iterator[List[Controller]]
     started: List[Controller] = []
     try:
         for tag in ("replica-a", "replica-b"):
-            started.append(start_controller(cluster.control_plane.kubeconfig, workdir, tag))
+            started.append(Controller(cluster.control_plane.kubeconfig, workdir, tag).start())
         for c in started:
-            c.wait_serving()
+            c.wait_ready()
         yield started
     finally:
         for c in started:

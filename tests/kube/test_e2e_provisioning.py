@@ -35,13 +35,14 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.utils import parse_quantity as _parse_quantity
 
+from testsupport import PYTHON
+
 from .controlplane import Proc, start
 from .sidecars import kcm_argv, provisioner_argv, require_tools, resizer_argv
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop drives and mounts; CI runs as root")
 
 REPO = Path(__file__).resolve().parents[2]
-PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else "python3"
 DRIVER = "csi.directpv.dev"
 TOPOLOGY_NODE = "directpv.dev/node"
 SELECTED_NODE = "volume.kubernetes.io/selected-node"

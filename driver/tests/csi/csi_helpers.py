@@ -7,12 +7,9 @@ directory under /tmp rather than in pytest's (long) tmp_path.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Sequence
@@ -26,6 +23,8 @@ from directpv_csi.csi.proto import csi_pb2 as pb
 from directpv_csi.csi.proto import csi_pb2_grpc as pbg
 from directpv_csi.csi.server import create_server
 from directpv_csi.store.embedded import EmbeddedStore
+
+from testsupport import DriverProcess
 
 GiB = 1024**3
 MiB = 1024**2
@@ -154,64 +153,35 @@ def rpc_error(fn: Callable[..., Any], *args: Any) -> grpc.RpcError:
 
 # --- a real standalone server process -------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[3]
-PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else "python3"
-
-
-class Standalone:
+class Standalone(DriverProcess):
     """``directpv-csi standalone`` as a child process (the real entry point)."""
 
     def __init__(self, state_dir: Path, *, devices: Sequence[str] = (), kubelet_dir: Optional[Path] = None,
                  node_id: str = "test-node", no_node: bool = False, extra: Sequence[str] = ()) -> None:
         self.state_dir = state_dir
-        self.socket = state_dir / "csi.sock"
-        self.endpoint = "unix://" + str(self.socket)
-        self.args = [PYTHON, "-m", "directpv_csi.cmd.main", "standalone", "--state-dir", str(state_dir),
-                     "--endpoint", self.endpoint, "--node-id", node_id, "--sync-interval", "1"]
+        args = ["--state-dir", str(state_dir), "--node-id", node_id, "--sync-interval", "1"]
         if no_node:
-            self.args.append("--no-node")
+            args.append("--no-node")
         else:
-            self.args.append("--allow-loop")
+            args.append("--allow-loop")
             for d in devices:
-                self.args += ["--device", d]
+                args += ["--device", d]
             if kubelet_dir is not None:
-                self.args += ["--kubelet-dir", str(kubelet_dir)]
-        self.args += list(extra)
-        self.proc: Optional[subprocess.Popen[bytes]] = None
-        self.log = state_dir / "standalone.log"
+                args += ["--kubelet-dir", str(kubelet_dir)]
+        super().__init__("standalone", state_dir / "csi.sock", [*args, *extra], log=state_dir / "standalone.log")
 
-    def start(self, timeout: float = 30.0) -> Standalone:
+    def start(self, timeout: float = 30.0) -> Standalone:  # type: ignore[override]
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"standalone exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-            if self.socket.exists():
-                with grpc.insecure_channel(self.endpoint) as ch:
-                    try:
-                        if pbg.IdentityStub(ch).Probe(pb.ProbeRequest(), timeout=2).ready.value:
-                            return self
-                    except grpc.RpcError:
-                        pass
-            time.sleep(0.1)
-        raise AssertionError(f"standalone not ready in {timeout} s: {self.log.read_text()[-3000:]}")
+        super().start()
+        self.wait_ready(timeout)
+        return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        super().stop()
         self.proc = None
 
     def kill9(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
+        super().kill9()
         self.proc = None
 
 

@@ -9,7 +9,6 @@ from typing import Callable, List
 
 import pytest
 from csi_helpers import (
-    PYTHON,
     Standalone,
     format_loop_drive,
     short_dir_fixture,  # noqa: F401 - fixtures
@@ -17,6 +16,8 @@ from csi_helpers import (
 )
 from directpv_csi.core.models import Drive
 from directpv_csi.store.embedded import EmbeddedStore
+
+from testsupport import PYTHON
 
 GiB = 1024**3
 

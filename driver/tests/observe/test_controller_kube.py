@@ -9,65 +9,38 @@ a TCP relay of this test (observe_helpers.TcpRelay), which the test closes and r
 from __future__ import annotations
 
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List
 from urllib.parse import urlparse
 
-import grpc
 import pytest
 from observe_helpers import TcpRelay, get, metrics_url, one, scrape, series, wait_for
 
-from csi_helpers import PYTHON, GiB  # isort: skip - found through observe_helpers' sys.path entry
+from csi_helpers import GiB  # isort: skip - found through observe_helpers' sys.path entry
 from directpv_csi.core.models import Drive, Volume
-from directpv_csi.csi.proto import csi_pb2 as pb
-from directpv_csi.csi.proto import csi_pb2_grpc as pbg
 from directpv_csi.store.kube import DRIVES, GROUP, VERSION, KubeStore
 from kubernetes import client
+
+from testsupport import DriverProcess
 
 pytestmark = [pytest.mark.slow]
 
 
-class Controller:
+class Controller(DriverProcess):
     """`directpv-csi controller` as a child process, stopped by its own pid."""
 
     def __init__(self, workdir: Path, kubeconfig: Path, extra: List[str]) -> None:
-        self.endpoint = "unix://" + str(workdir / "csi.sock")
-        self.log = workdir / "controller.log"
-        self.args = [PYTHON, "-m", "directpv_csi.cmd.main", "controller", "--endpoint", self.endpoint,
-                     "--kubeconfig", str(kubeconfig), "--metrics-address", "127.0.0.1:0", *extra]
-        self.proc: Optional[subprocess.Popen[bytes]] = None
+        super().__init__("controller", workdir / "csi.sock",
+                         ["--kubeconfig", str(kubeconfig), "--metrics-address", "127.0.0.1:0", *extra],
+                         log=workdir / "controller.log")
 
-    def start(self) -> str:
+    def start(self) -> str:  # type: ignore[override]
         """Start; returns the base URL of its metrics/health server once its CSI Probe says ready."""
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"controller exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-            try:
-                with grpc.insecure_channel(self.endpoint) as ch:
-                    return bool(pbg.IdentityStub(ch).Probe(pb.ProbeRequest(), timeout=5).ready.value)
-            except grpc.RpcError:
-                return False
-
-        wait_for("the controller to be ready", ready, log=self.log)
+        super().start()
+        self.wait_ready()
         return metrics_url(self.log)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
 
 
 @pytest.fixture(name="workdir")
