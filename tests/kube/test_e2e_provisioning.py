@@ -42,7 +42,6 @@ from .sidecars import kcm_argv, provisioner_argv, require_tools, resizer_argv
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop drives and mounts; CI runs as root")
 
-REPO = Path(__file__).resolve().parents[2]
 DRIVER = "csi.directpv.dev"
 TOPOLOGY_NODE = "directpv.dev/node"
 SELECTED_NODE = "volume.kubernetes.io/selected-node"
