@@ -41,6 +41,16 @@ def backing_file(dev: str) -> str:
         return ""
 
 
+def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Poll ``check`` every 50 ms until it holds or ``timeout_s`` passes; its last answer."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
 # --- child processes ---------------------------------------------------------------------
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import shutil
 import ssl
 import tempfile
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,7 +36,7 @@ from directpv_csi.store.kube import DRIVES, GROUP, VERSION, VOLUMES, KubeStore, 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from testsupport import DriverProcess
+from testsupport import DriverProcess, eventually
 
 from .cluster import KubeStoreCluster
 
@@ -70,15 +69,6 @@ class Controller(DriverProcess):
 
     def capacity(self) -> int:
         return int(self.stub.GetCapacity(pb.GetCapacityRequest(), timeout=10).available_capacity)
-
-
-def eventually(check: Callable[[], bool], timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 def conflicts_served(cluster: KubeStoreCluster) -> int:
@@ -234,7 +224,7 @@ def test_100_concurrent_creates_through_two_controllers_never_overcommit(
     # --- second round: the same 100 names (each through the other replica) ---------------------
     remaining = sum(DRIVE_SIZE - int(o["status"]["allocated"]) for o in drives.values())
     for c in controllers:  # both watch caches caught up with the other replica's writes
-        assert eventually(lambda c=c: c.capacity() == remaining), c.tail()  # type: ignore[misc]
+        assert eventually(lambda c=c: c.capacity() == remaining, 20.0), c.tail()  # type: ignore[misc]
     versions = {d: o["metadata"]["resourceVersion"] for d, o in drives.items()}
     second = storm(controllers, create, NAMES, offset=1)
     for name, (kind, res) in second.items():
@@ -257,4 +247,4 @@ def test_100_concurrent_creates_through_two_controllers_never_overcommit(
         GROUP, VERSION, VOLUMES))
     assert left["items"] == []
     for c in controllers:
-        assert eventually(lambda c=c: c.capacity() == N_DRIVES * DRIVE_SIZE), c.tail()  # type: ignore[misc]
+        assert eventually(lambda c=c: c.capacity() == N_DRIVES * DRIVE_SIZE, 20.0), c.tail()  # type: ignore[misc]

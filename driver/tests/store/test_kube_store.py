@@ -9,7 +9,7 @@ import ssl
 import threading
 import time
 import urllib.request
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 from directpv_csi.core.errors import Conflict, FailedPrecondition, InvalidArgument
@@ -17,6 +17,8 @@ from directpv_csi.core.models import Drive, Volume
 from directpv_csi.store.kube import DRIVES, FINALIZER, GROUP, VERSION, VOLUMES, KubeStore, _Informer, object_name
 from kube.cluster import KubeStoreCluster
 from kubernetes import client
+
+from testsupport import eventually
 
 GiB = 1024**3
 
@@ -34,15 +36,6 @@ def store_fixture(cluster: KubeStoreCluster) -> Iterator[KubeStore]:
     s = KubeStore(cluster.api_client)
     yield s
     s.close()
-
-
-def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 def raw_get(cluster: KubeStoreCluster, path: str, accept: str = "application/json") -> str:
