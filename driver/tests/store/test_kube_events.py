@@ -322,9 +322,3 @@ def test_recorder_without_an_instance_is_refused() -> None:
 
     with pytest.raises(ValueError, match="reporting instance"):
         ev.EventRecorder(Nowhere(), "")
-
-
-@pytest.mark.parametrize(("size", "text"), [(GiB, "1 GiB"), (3 * GiB // 2, "1.5 GiB"), (512, "512 B"),
-                                            (10 * 1024**4, "10 TiB")])
-def test_human_size(size: int, text: str) -> None:
-    assert ev.human_size(size) == text

@@ -122,17 +122,6 @@ class _Series:
     dirty: bool = False  # count grew since the last patch
 
 
-def human_size(n: int) -> str:
-    """``1073741824`` -> ``"1 GiB"``, ``1610612736`` -> ``"1.5 GiB"`` (binary units, like kubectl)."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if value < 1024 or unit == "PiB":
-            text = f"{value:.1f}".rstrip("0").rstrip(".")
-            return f"{text} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def drive_error_reason(message: str) -> str:
     """The Warning reason of a drive in Error, from the message the node wrote (node/registry.py)."""
     text = message.lower()

@@ -63,6 +63,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ..core.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 from ..core.models import DRIVE_ERROR, DRIVE_LOST, DRIVE_READY, DRIVE_REMOVED, VOLUME_PENDING, Drive, Volume
+from ..core.units import format_size
 from . import events as ev
 from .base import check_drive_changes, check_new_drive, check_new_volume, check_volume_changes
 
@@ -488,7 +489,7 @@ class KubeStore:
         where = f"drive {d.drive_id}{f' ({d.name})' if d.name else ''} on node {d.node}"
         if d.status == DRIVE_READY:
             if before is None:
-                reason, note = ev.DRIVE_ADDED, f"{where}: {ev.human_size(d.total)} ready for volumes"
+                reason, note = ev.DRIVE_ADDED, f"{where}: {format_size(d.total)} ready for volumes"
             else:
                 reason, note = ev.DRIVE_RECOVERED, f"{where} is Ready again (was {before})"
             type_, action = ev.NORMAL, "Register"
@@ -692,7 +693,7 @@ class KubeStore:
             return self._existing(volume, other)
         drive_name = (drive_obj.get("status") or {}).get("name", "")
         self._volume_event(out, ev.VOLUME_PROVISIONED, "Provision",
-                           f"volume {volume.name}: {ev.human_size(volume.size)} reserved on drive {volume.drive_id}"
+                           f"volume {volume.name}: {format_size(volume.size)} reserved on drive {volume.drive_id}"
                            f"{f' ({drive_name})' if drive_name else ''} on node {node}, project id {pid}")
         if volume.status != VOLUME_PENDING or volume.staging_path or volume.target_paths:
             out = self._write(VOLUMES, dict(out, status={
@@ -799,8 +800,8 @@ class KubeStore:
         out: Obj = self._retry(f"expanding volume {name}", grow_volume)
         if grown_from:
             self._volume_event(out, ev.VOLUME_EXPANDED, "Expand",
-                               f"volume {name}: grown from {ev.human_size(grown_from[0])} to "
-                               f"{ev.human_size(new_size)} on drive {drive_id} on node {out['spec']['node']}")
+                               f"volume {name}: grown from {format_size(grown_from[0])} to "
+                               f"{format_size(new_size)} on drive {drive_id} on node {out['spec']['node']}")
         return volume_of(out)
 
     def _release(self, drive_id: str, name: str, max_reserved_at: Optional[float]) -> bool:
@@ -845,7 +846,7 @@ class KubeStore:
         old = volume_of(gone)
         self._release(old.drive_id, name, None)
         self._volume_event(gone, ev.VOLUME_RELEASED, "Release",
-                           f"volume {name}: {ev.human_size(old.size)} released on drive {old.drive_id} "
+                           f"volume {name}: {format_size(old.size)} released on drive {old.drive_id} "
                            f"on node {old.node}")
         return old
 
