@@ -24,13 +24,10 @@ collection of owned objects, no service-account tokens.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import datetime
 import ipaddress
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -228,23 +225,24 @@ class Proc:
 
 
 def start(name: str, argv: Sequence[str], log_dir: Path, env: Optional[Dict[str, str]] = None) -> Proc:
-    """Start ``argv`` logging to ``log_dir/name.log``; ``env`` is added to this process's environment."""
+    """Start ``argv`` logging to ``log_dir/name.log``; ``env`` is added to this process's environment.
+
+    The child dies with SIGKILL if pytest dies without tearing down (killed, crashed): SIGKILL, not
+    SIGTERM, since a kube-apiserver told to stop while its etcd stops too waits for etcd for minutes.
+    The parent-death signal is set by ``setpriv --pdeathsig`` (util-linux) in the child just before
+    it execs, not by a ``preexec_fn``: a preexec_fn makes Python fork() instead of vfork(), and a
+    fork() of a process with live gRPC channels (this pytest, by the time the kube tests run) can
+    crash the child before exec (grpcio >= 1.80, grpc/grpc#43055: epoll_wait EBADF, SIGABRT).
+    """
     log = log_dir / f"{name}.log"
     f = open(log, "wb")  # noqa: SIM115 - closed by Proc.stop
+    setpriv = shutil.which("setpriv")
+    prefix = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
     popen = subprocess.Popen(
-        list(argv), stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+        [*prefix, *argv], stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env=None if env is None else {**os.environ, **env},
     )
     return Proc(name, popen, log, f)
-
-
-def _die_with_parent() -> None:
-    """In the child: die too if pytest dies without tearing down (killed, crashed).
-
-    SIGKILL, not SIGTERM: a kube-apiserver told to stop while its etcd stops too waits for etcd for minutes.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
 
 
 def etcd_argv(etcd: Path, data_dir: Path, client_port: int, peer_port: int) -> List[str]:

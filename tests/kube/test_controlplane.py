@@ -8,15 +8,17 @@ proves the control plane the fixture starts really behaves that way.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Dict, cast
 
 import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from .controlplane import ControlPlane
+from .controlplane import ControlPlane, start
 
 GROUP = "smoke.test.directpv.dev"
 VERSION = "v1"
@@ -167,3 +169,43 @@ def test_kubeconfig_admin_is_master_and_rbac_is_on(kube_control_plane: ControlPl
     )
     theirs = authz.create_subject_access_review(nobody).status
     assert theirs is not None and theirs.allowed is False
+
+
+def test_children_start_safely_from_a_process_with_live_grpc_channels(tmp_path: Path) -> None:
+    """start() must not fork() (a preexec_fn would make Python fork instead of vfork): with gRPC
+    calls in flight in this process, a forked child can abort before exec (grpcio >= 1.80,
+    grpc/grpc#43055; about 2 in 100 children did with the preexec_fn this harness used to pass)."""
+    from concurrent import futures
+
+    import grpc
+    from directpv_csi.csi.identity import IdentityServicer
+    from directpv_csi.csi.proto import csi_pb2 as pb
+    from directpv_csi.csi.proto import csi_pb2_grpc as pbg
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    pbg.add_IdentityServicer_to_server(IdentityServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stop = threading.Event()
+
+    def calls() -> None:
+        stub = pbg.IdentityStub(channel)
+        while not stop.is_set():
+            stub.Probe(pb.ProbeRequest(), timeout=5)
+
+    caller = threading.Thread(target=calls, daemon=True)
+    caller.start()
+    try:
+        codes = []
+        for i in range(150):
+            proc = start(f"true-{i}", ["/bin/true"], tmp_path)
+            codes.append(proc.popen.wait(30))
+            proc.stop()
+        assert codes == [0] * 150
+        assert all(p.stat().st_size == 0 for p in tmp_path.glob("true-*.log"))  # nothing logged by a dying child
+    finally:
+        stop.set()
+        caller.join(10)
+        channel.close()
+        server.stop(None)
