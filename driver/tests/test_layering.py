@@ -82,3 +82,21 @@ def test_only_kube_adapter_imports_kubernetes() -> None:
             continue
         for _, mod, line in imports(path):
             assert mod.split(".")[0] != "kubernetes", f"{path}:{line}: only store/kube*.py may import kubernetes"
+
+
+def test_no_subprocess_forks_instead_of_vforking() -> None:
+    """The driver's processes hold live gRPC channels and servers: a subprocess started with
+    ``preexec_fn`` (or user/group changes) makes Python fork() instead of vfork(), and a forked child
+    of a gRPC process can abort before exec (grpcio >= 1.80, grpc/grpc#43055)."""
+    forcing = {"preexec_fn", "user", "group", "extra_groups", "umask", "process_group"}
+    found = []
+    for path in sorted(PKG.rglob("*.py")):
+        if "proto" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call):
+                found += [f"{path.relative_to(PKG)}:{node.lineno} {kw.arg}=" for kw in node.keywords
+                          if kw.arg in forcing]
+            if isinstance(node, ast.Attribute) and node.attr == "fork" and getattr(node.value, "id", "") == "os":
+                found.append(f"{path.relative_to(PKG)}:{node.lineno} os.fork")
+    assert found == []
