@@ -181,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         if args.metrics_address:
             # binds now: a taken port fails here, before anything starts
             observe, reconcile_metrics = _observe(args, store, registry, servicers, identity)
+        reporter = _node_reporter(args, store, registry)
         if registry is not None:
             registry.start(args.sync_interval)
         server, address = create_server(endpoint, *servicers, max_workers=args.workers)
@@ -202,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
     reconciler = _reconciler(args, store, reconcile_metrics)
 
     def stop() -> None:
+        if reporter is not None:
+            reporter.stop()
         if reconciler is not None:
             reconciler.stop()
         if observe is not None:
@@ -212,6 +215,21 @@ def run(args: argparse.Namespace) -> int:
 
     serve(server, on_stop=stop)
     return 0
+
+
+def _node_reporter(args: argparse.Namespace, store: Any, registry: Any) -> Any:
+    """On the kube store, a node keeps its DirectPVNode's device report true (store/kube_nodes.py):
+    every full probe of the registry goes into it; ``spec.refresh`` asks the registry to probe now."""
+    if registry is None or args.store != "kube":
+        return None
+    from ..core.judge import JudgePolicy
+    from ..store.kube_nodes import NodeReporter
+
+    reporter = NodeReporter(store.api_client, registry.config.node_id,
+                            JudgePolicy(allow_loop=registry.config.allow_loop), on_refresh=registry.request_sync)
+    registry.on_probe = reporter.report
+    reporter.start()
+    return reporter
 
 
 def _check_observe_args(args: argparse.Namespace) -> None:

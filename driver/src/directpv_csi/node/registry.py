@@ -81,6 +81,10 @@ class DriveRegistry:
         self._needs_full_sync = True
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # request_sync(): the loop runs a full sync now
+        # Called with every full probe's devices (the kube node's DirectPVNode report); its errors
+        # are its own: logged, never a failed sync.
+        self.on_probe: Optional[Callable[[Sequence[Device]], object]] = None
         self.synced_once = False
         self.last_error = ""
 
@@ -151,6 +155,11 @@ class DriveRegistry:
         now = time.time()
         errors: Dict[str, str] = {}
         devices = self._probe(errors)
+        if self.on_probe is not None:
+            try:
+                self.on_probe(devices)
+            except Exception:
+                log.exception("device report hook failed (the sync goes on)")
         by_id: Dict[str, list[Device]] = {}
         for dev in self._ours(devices):
             by_id.setdefault(dev.fs_uuid.lower(), []).append(dev)
@@ -356,9 +365,18 @@ class DriveRegistry:
 
     FULL_SYNC_EVERY = 6  # rounds: also catch what the fingerprint cannot see (a drive reformatted in place)
 
+    def request_sync(self) -> None:
+        """Run a full sync (probe included) in the background loop now, not at the next tick."""
+        self._needs_full_sync = True
+        self._wake.set()
+
     def _loop(self, interval_s: float) -> None:
         rounds = 0
-        while not self._stop.wait(interval_s):
+        while True:
+            self._wake.wait(interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             rounds += 1
             self._safe_sync(full=rounds % self.FULL_SYNC_EVERY == 0)
 
@@ -378,6 +396,7 @@ class DriveRegistry:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         t, self._thread = self._thread, None
         if t is not None:
             t.join(timeout=30)

@@ -420,6 +420,11 @@ class KubeStore:
             config.load_kube_config(config_file=path, client_configuration=cfg)  # type: ignore[no-untyped-call]
         return cls(k8s.ApiClient(cfg), **kwargs)
 
+    @property
+    def api_client(self) -> Any:
+        """The API client this store writes through (for the node's DirectPVNode report)."""
+        return self._client
+
     # ------------------------------------------------------------------ API helpers
     def _get(self, plural: str, name: str) -> Optional[Obj]:
         try:

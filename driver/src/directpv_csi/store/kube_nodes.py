@@ -1,0 +1,187 @@
+"""The node's device report on the Kubernetes store: one ``DirectPVNode`` per node (name = node id).
+
+The node server writes into ``status`` every block device its drive registry probed and the
+verdict on each one, the same verdict the Ansible side gives (core/judge.py, rows of
+core/selection.device_row): available, available only with force, or why not.
+``kubectl get directpvnodes`` then shows how many devices each node has and how many could
+become drives; ``-o yaml`` shows every device with its reasons (DirectPV's ``discover``).
+
+Writes happen only when the report changed (a device came, went, or its verdict changed), so a
+quiet node writes nothing. ``spec.refresh: true`` (set by an operator: ``kubectl patch dpvn n1
+--type merge -p '{"spec":{"refresh":true}}'``) makes the node probe again at once; the node then
+writes the report with a new ``refreshedAt`` and sets ``spec.refresh`` back to false. A watch on
+this one object (field selector on its name) hears the request: no polling.
+
+The object carries no data, so no finalizer; losing it loses nothing (the next sync writes it
+again). Errors are logged and retried on the next report: the report never disturbs the
+registry that calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from kubernetes import client as k8s
+from kubernetes import watch as k8s_watch
+from kubernetes.client.exceptions import ApiException
+
+from ..core.identity import hardware_id, state_token
+from ..core.judge import JudgePolicy, judge
+from ..core.models import Device
+from ..core.selection import device_row
+from .kube import GROUP, VERSION
+
+NODES = "directpvnodes"
+WATCH_TIMEOUT_S = 300
+REQUEST_TIMEOUT_S = 10.0
+
+log = logging.getLogger("directpv_csi.node.report")
+
+Obj = Dict[str, Any]
+
+
+def device_reports(devices: Sequence[Device], policy: JudgePolicy, node: str) -> List[Obj]:
+    """``status.devices`` of a DirectPVNode: one entry per device, sorted by kernel name."""
+    verdicts = judge(devices, policy)
+    out: List[Obj] = []
+    for dev in sorted(devices, key=lambda d: d.name):
+        row = device_row(dev, verdicts[dev.name], node, state_token(dev))
+        out.append({
+            "name": dev.name, "majMin": dev.majmin, "size": dev.size, "make": dev.make,
+            "fsType": dev.fs_type, "fsUUID": dev.fs_uuid, "available": row["available"],
+            "availableWithForce": row["available_with_force"],
+            "reasons": [f"{r['code']}: {r['text']}" for r in row["reasons"]],
+            "id": hardware_id(dev),  # serial/WWN based, survives reformatting; "" without one (loops)
+        })
+    return out
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class NodeReporter:
+    """Keeps ``DirectPVNode/<node>``'s status equal to the last probe (see the module docstring).
+
+    ``report(devices)`` is the registry's ``on_probe`` hook; ``on_refresh`` is called (from the
+    watch thread) when an operator sets ``spec.refresh``: the registry probes again at once."""
+
+    def __init__(self, api_client: Any, node: str, policy: JudgePolicy,
+                 on_refresh: Optional[Callable[[], None]] = None) -> None:
+        self.node = node
+        self.policy = policy
+        self.on_refresh = on_refresh
+        self._api: Any = k8s.CustomObjectsApi(api_client)  # answers are plain dicts
+        self._lock = threading.Lock()
+        self._last: Optional[List[Obj]] = None  # the devices last written
+        self._refresh_pending = False
+        self._answered_generation = 0  # metadata.generation of the last refresh request answered
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.writes = 0  # status writes made (tests)
+
+    # -- the report --
+    def report(self, devices: Sequence[Device]) -> bool:
+        """Write the report if it changed (or a refresh is pending); True when written.
+        Never raises: an API error is logged and the next probe tries again."""
+        rows = device_reports(devices, self.policy, self.node)
+        with self._lock:
+            if rows == self._last and not self._refresh_pending:
+                return False
+            try:
+                self._write(rows)
+            except Exception as exc:
+                log.warning("cannot write the device report of node %s (DirectPVNode %s): %s; retrying on the "
+                            "next probe", self.node, self.node, exc)
+                self._last = None
+                return False
+            self._last = rows
+            self.writes += 1
+            return True
+
+    def _write(self, rows: List[Obj]) -> None:
+        available = sum(1 for r in rows if r["available"])
+        status = {"deviceCount": len(rows), "availableCount": available, "refreshedAt": _now(), "devices": rows}
+        for _ in range(8):  # optimistic: a 409 means the object changed meanwhile (an operator's refresh)
+            obj = self._get()
+            if obj is None:
+                try:
+                    obj = self._api.create_cluster_custom_object(GROUP, VERSION, NODES, {
+                        "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVNode",
+                        "metadata": {"name": self.node, "labels": {"directpv.dev/node": self.node}},
+                        "spec": {"refresh": False}}, _request_timeout=REQUEST_TIMEOUT_S)
+                except ApiException as e:
+                    if e.status == 409:
+                        continue
+                    raise
+            assert obj is not None
+            refresh = bool((obj.get("spec") or {}).get("refresh"))
+            if refresh:  # before the writes: their watch events must not ask for this refresh again
+                self._answered_generation = int(obj["metadata"].get("generation") or 0)
+            try:
+                out = self._api.replace_cluster_custom_object_status(
+                    GROUP, VERSION, NODES, self.node, dict(obj, status=status), _request_timeout=REQUEST_TIMEOUT_S)
+                if refresh:  # answered: clear the request on the version just written
+                    self._api.replace_cluster_custom_object(
+                        GROUP, VERSION, NODES, self.node, dict(out, spec=dict(out.get("spec") or {}, refresh=False)),
+                        _request_timeout=REQUEST_TIMEOUT_S)
+            except ApiException as e:
+                if e.status == 409:
+                    continue
+                raise
+            self._refresh_pending = False
+            return
+        raise RuntimeError(f"DirectPVNode {self.node} kept changing during 8 attempts")
+
+    def _get(self) -> Optional[Obj]:
+        try:
+            obj: Obj = self._api.get_cluster_custom_object(GROUP, VERSION, NODES, self.node,
+                                                           _request_timeout=REQUEST_TIMEOUT_S)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return obj
+
+    # -- refresh requests --
+    def start(self) -> None:
+        """Watch this node's object for ``spec.refresh`` in a thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._watch_loop, name="node-report-watch", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._watch_once()
+            except Exception as exc:  # API restarting, connection reset...: watch again shortly
+                log.debug("watch of DirectPVNode %s ended: %s", self.node, exc)
+                self._stop.wait(2.0)
+
+    def _watch_once(self) -> None:
+        w = k8s_watch.Watch()  # type: ignore[no-untyped-call]
+        try:
+            for ev in w.stream(  # type: ignore[no-untyped-call]
+                    self._api.list_cluster_custom_object, GROUP, VERSION, NODES,
+                    field_selector=f"metadata.name={self.node}", timeout_seconds=WATCH_TIMEOUT_S):
+                if self._stop.is_set():
+                    return
+                obj = ev.get("object") or {}
+                if ev.get("type") not in ("ADDED", "MODIFIED") or not (obj.get("spec") or {}).get("refresh"):
+                    continue
+                generation = int((obj.get("metadata") or {}).get("generation") or 0)
+                with self._lock:  # report() holds it while writing: it sees the answered generation
+                    if generation == self._answered_generation:
+                        continue  # our own status write, before we cleared the request
+                    self._refresh_pending = True
+                    log.info("DirectPVNode %s: refresh requested; probing again", self.node)
+                    if self.on_refresh is not None:
+                        self.on_refresh()
+        finally:
+            w.stop()  # type: ignore[no-untyped-call]
