@@ -69,7 +69,8 @@ def test_node_reports_its_devices_and_answers_a_refresh(
         assert blank is not None
         assert blank["available"] is True and blank["reasons"] == [], blank["reasons"]
         assert blank["size"] == 600 * MiB and blank["majMin"] == Path(f"/sys/block/{name}/dev").read_text().strip()
-        assert blank["id"] == ""  # a loop device has no hardware identity (serial, WWN) to report
+        assert blank["id"].startswith(blank["majMin"] + "$")  # the discover table's state token
+        assert blank["hardwareID"] == ""  # a loop device has no serial or WWN to report
         assert first["status"]["deviceCount"] == 1 and first["status"]["availableCount"] == 1
         assert first["metadata"]["labels"]["directpv.dev/node"] == node
         assert "finalizers" not in first["metadata"]  # no data hangs on it
@@ -97,6 +98,7 @@ def test_node_reports_its_devices_and_answers_a_refresh(
         assert ours is not None and ours["fsType"] == "xfs" and ours["fsUUID"]
         assert any(r.startswith("ours:") for r in ours["reasons"]), ours
         assert after["status"]["availableCount"] == 0
+        assert ours["id"] != blank["id"]  # an init request holding the old token would be refused
         assert proc.proc is not None and proc.proc.poll() is None
     finally:
         proc.stop()

@@ -38,8 +38,9 @@ def test_rows_carry_the_verdict_and_every_reason_sorted_by_name() -> None:
     assert allowed["loop0"]["available"] is True
 
 
-def test_the_id_is_the_stable_hardware_id_not_the_state_token() -> None:
+def test_id_is_the_discover_state_token_and_hardware_id_survives_reformatting() -> None:
     before = device_reports([disk("sda")], JudgePolicy(), "n1")[0]
     after = device_reports([disk("sda", fs_type="ext4", fs_uuid="1")], JudgePolicy(), "n1")[0]
-    assert before["id"] == after["id"]  # a filesystem appeared: same device, same id
-    assert device_reports([disk("sda", serial="OTHER")], JudgePolicy(), "n1")[0]["id"] != before["id"]
+    assert before["id"].startswith("8:3$") and after["id"] != before["id"]  # stale ids are detectable
+    assert before["hardwareID"] and after["hardwareID"] == before["hardwareID"]  # same device
+    assert device_reports([disk("sda", serial="OTHER")], JudgePolicy(), "n1")[0]["hardwareID"] != before["hardwareID"]

@@ -54,7 +54,8 @@ def device_reports(devices: Sequence[Device], policy: JudgePolicy, node: str) ->
             "fsType": dev.fs_type, "fsUUID": dev.fs_uuid, "available": row["available"],
             "availableWithForce": row["available_with_force"],
             "reasons": [f"{r['code']}: {r['text']}" for r in row["reasons"]],
-            "id": hardware_id(dev),  # serial/WWN based, survives reformatting; "" without one (loops)
+            "id": row["id"],  # the state token of the discover table: changes when the device does
+            "hardwareID": hardware_id(dev),  # serial/WWN based, survives reformatting; "" without one (loops)
         })
     return out
 
