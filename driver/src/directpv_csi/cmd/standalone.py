@@ -182,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
             # binds now: a taken port fails here, before anything starts
             observe, reconcile_metrics = _observe(args, store, registry, servicers, identity)
         reporter = _node_reporter(args, store, registry)
+        initializer = _init_requests(args, store, registry)
         if registry is not None:
             registry.start(args.sync_interval)
         server, address = create_server(endpoint, *servicers, max_workers=args.workers)
@@ -203,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
     reconciler = _reconciler(args, store, reconcile_metrics)
 
     def stop() -> None:
+        if initializer is not None:
+            initializer.stop()
         if reporter is not None:
             reporter.stop()
         if reconciler is not None:
@@ -230,6 +233,27 @@ def _node_reporter(args: argparse.Namespace, store: Any, registry: Any) -> Any:
     registry.on_probe = reporter.report
     reporter.start()
     return reporter
+
+
+def _init_requests(args: argparse.Namespace, store: Any, registry: Any) -> Any:
+    """On the kube store, a node formats the devices DirectPVInitRequests name on it (node/initreq.py:
+    the Ansible drive module's format code and refusals; every device needs its reviewed id)."""
+    if registry is None or args.store != "kube":
+        return None
+    from ..node.initreq import init_device
+    from ..store.kube_nodes import InitRequestWatcher
+
+    config = registry.config
+
+    def handle(request: Dict[str, Any], entry: Dict[str, Any]) -> Dict[str, Any]:
+        spec = request.get("spec") or {}
+        return dict(init_device(config.node_id, str(entry.get("name", "")), str(entry.get("id") or ""),
+                                force=bool(spec.get("force")), dry_run=bool(spec.get("dryRun")),
+                                allow_loop=config.allow_loop, owner=f"initrequest/{request['metadata']['name']}"))
+
+    watcher = InitRequestWatcher(store.api_client, config.node_id, handle, on_formatted=registry.request_sync)
+    watcher.start()
+    return watcher
 
 
 def _check_observe_args(args: argparse.Namespace) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
@@ -186,3 +186,144 @@ class NodeReporter:
                         self.on_refresh()
         finally:
             w.stop()  # type: ignore[no-untyped-call]
+
+
+# --- init requests ------------------------------------------------------------------------
+
+INIT_REQUESTS = "directpvinitrequests"
+DONE = ("Success", "Error", "Planned")
+
+
+def _key(entry: Obj) -> Tuple[str, str]:
+    return str(entry.get("node", "")), str(entry.get("name", ""))
+
+
+def pending_devices(obj: Obj, node: str) -> List[Obj]:
+    """The request's devices on ``node`` that have no result yet (each (node, name) once)."""
+    done = {_key(r) for r in ((obj.get("status") or {}).get("results") or []) if r.get("status") in DONE}
+    out: List[Obj] = []
+    seen = set()
+    for entry in (obj.get("spec") or {}).get("devices") or []:
+        key = _key(entry)
+        if key[0] == node and key not in done and key not in seen:
+            seen.add(key)
+            out.append(entry)
+    return out
+
+
+def merged_status(obj: Obj, results: Sequence[Obj]) -> Obj:
+    """``status`` with ``results`` merged in by (node, name), in the order of ``spec.devices``:
+    Pending while some device has no result, else Error if one failed, else Processed."""
+    by_key: Dict[Tuple[str, str], Obj] = {_key(r): r for r in ((obj.get("status") or {}).get("results") or [])}
+    by_key.update({_key(r): dict(r) for r in results})
+    wanted: List[Tuple[str, str]] = []
+    for entry in (obj.get("spec") or {}).get("devices") or []:
+        if _key(entry) not in wanted:
+            wanted.append(_key(entry))
+    ordered = [by_key[k] for k in wanted if k in by_key] + [r for k, r in by_key.items() if k not in wanted]
+    if any(k not in by_key or by_key[k].get("status") not in DONE for k in wanted):
+        overall = "Pending"
+    elif any(by_key[k]["status"] == "Error" for k in wanted):
+        overall = "Error"
+    else:
+        overall = "Processed"
+    return {"status": overall, "requested": len(wanted), "results": ordered}
+
+
+Handler = Callable[[Obj, Obj], Obj]  # (request object, device entry) -> result row
+
+
+class InitRequestWatcher:
+    """Formats the devices of DirectPVInitRequests that name this node, one at a time, recording each
+    result as soon as it is known (a restart never repeats a recorded device). ``handle`` does the
+    work (node/initreq.py); ``on_formatted`` runs after a device became a drive (the registry syncs)."""
+
+    def __init__(self, api_client: Any, node: str, handle: Handler,
+                 on_formatted: Optional[Callable[[], None]] = None) -> None:
+        self.node = node
+        self.handle = handle
+        self.on_formatted = on_formatted
+        self._api: Any = k8s.CustomObjectsApi(api_client)  # answers are plain dicts
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.handled = 0  # device results recorded (tests)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="init-requests", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        rv: Optional[str] = None
+        while not self._stop.is_set():
+            try:
+                if rv is None:
+                    lst = self._api.list_cluster_custom_object(GROUP, VERSION, INIT_REQUESTS,
+                                                               _request_timeout=REQUEST_TIMEOUT_S)
+                    rv = str(lst["metadata"]["resourceVersion"])
+                    for obj in lst.get("items") or []:
+                        self.process(obj)
+                rv = self._watch(rv)
+            except Exception as exc:  # API restarting, 410 Gone...: list again shortly
+                log.debug("init request watch ended: %s", exc)
+                rv = None
+                self._stop.wait(2.0)
+
+    def _watch(self, rv: str) -> Optional[str]:
+        w = k8s_watch.Watch()  # type: ignore[no-untyped-call]
+        try:
+            for ev in w.stream(  # type: ignore[no-untyped-call]
+                    self._api.list_cluster_custom_object, GROUP, VERSION, INIT_REQUESTS,
+                    resource_version=rv, timeout_seconds=WATCH_TIMEOUT_S):
+                if self._stop.is_set():
+                    return rv
+                obj = ev.get("object") or {}
+                if ev.get("type") == "ERROR":
+                    return None  # 410 Gone: list again
+                rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+                if ev.get("type") in ("ADDED", "MODIFIED"):
+                    self.process(obj)
+        finally:
+            w.stop()  # type: ignore[no-untyped-call]
+        return rv
+
+    def process(self, obj: Obj) -> int:
+        """Handle this node's devices without a result; returns how many were handled."""
+        name = obj["metadata"]["name"]
+        count = 0
+        for entry in pending_devices(obj, self.node):
+            if self._stop.is_set():
+                break
+            try:
+                result = self.handle(obj, entry)
+            except Exception as exc:  # a bug must not leave the device Pending forever
+                log.exception("init request %s: device %s", name, entry.get("name"))
+                result = {"node": self.node, "name": str(entry.get("name", "")), "status": "Error",
+                          "driveID": "", "message": f"internal error: {exc}"}
+            self._record(name, result)
+            count += 1
+            self.handled += 1
+            if result["status"] == "Success" and self.on_formatted is not None:
+                self.on_formatted()
+        return count
+
+    def _record(self, name: str, result: Obj) -> None:
+        for _ in range(8):
+            try:
+                cur = self._api.get_cluster_custom_object(GROUP, VERSION, INIT_REQUESTS, name,
+                                                          _request_timeout=REQUEST_TIMEOUT_S)
+                self._api.replace_cluster_custom_object_status(
+                    GROUP, VERSION, INIT_REQUESTS, name, dict(cur, status=merged_status(cur, [result])),
+                    _request_timeout=REQUEST_TIMEOUT_S)
+                return
+            except ApiException as e:
+                if e.status == 404:
+                    log.warning("init request %s was deleted before device %s's result was recorded: %s",
+                                name, result["name"], result["message"])
+                    return
+                if e.status != 409:
+                    raise
+        raise RuntimeError(f"DirectPVInitRequest {name} kept changing during 8 attempts")
