@@ -112,6 +112,14 @@ def test_init_requests_format_only_the_reviewed_device(
         assert (data / "keep.txt").read_text() == "precious"
         drive_id = got[name_a]["driveID"]
 
+        def reasons(request: str) -> List[str]:
+            events = client.EventsV1Api(cp.api_client).list_namespaced_event("default").items
+            return sorted(str(e.reason) for e in events if e.regarding is not None and e.regarding.name == request)
+
+        # `kubectl describe dpvi` tells the same story (the two refusals are one InitError series)
+        assert eventually(lambda: reasons(requests[2]) == ["DeviceFormatted", "InitError"], 10), reasons(requests[2])
+        assert reasons(requests[0]) == ["DeviceInitPlanned"]
+
         def ready() -> bool:
             try:
                 obj = api.get_cluster_custom_object(GROUP, VERSION, DRIVES, drive_id)

@@ -251,7 +251,8 @@ def _init_requests(args: argparse.Namespace, store: Any, registry: Any) -> Any:
                                 force=bool(spec.get("force")), dry_run=bool(spec.get("dryRun")),
                                 allow_loop=config.allow_loop, owner=f"initrequest/{request['metadata']['name']}"))
 
-    watcher = InitRequestWatcher(store.api_client, config.node_id, handle, on_formatted=registry.request_sync)
+    watcher = InitRequestWatcher(store.api_client, config.node_id, handle, on_formatted=registry.request_sync,
+                                 events=store.events)
     watcher.start()
     return watcher
 

@@ -8,20 +8,23 @@ import ``kubernetes``), so the queueing, aggregation and error handling here are
 Reasons (``kubectl get events --field-selector involvedObject.kind=DirectPVDrive``), named after
 DirectPV's own where one exists:
 
-==========================  =======  ==============  ========================================
-reason                      type     regarding       when
-==========================  =======  ==============  ========================================
-VolumeProvisioned           Normal   DirectPVVolume  reserve_volume created the volume object
-VolumeExpanded              Normal   DirectPVVolume  expand_volume grew spec.size
-VolumeReleased              Normal   DirectPVVolume  delete_volume deleted it and freed its space
-DriveAdded                  Normal   DirectPVDrive   a drive is registered (first status, Ready)
-DriveRecovered              Normal   DirectPVDrive   Lost/Error -> Ready
-DriveRemoved                Normal   DirectPVDrive   -> Removed
-DriveLost                   Warning  DirectPVDrive   -> Lost (device not found)
-DriveHasIOError             Warning  DirectPVDrive   -> Error, message starts with "I/O error"
-DriveHasMultipleMatches     Warning  DirectPVDrive   -> Error, message starts with "multiple matches"
-DriveHasError               Warning  DirectPVDrive   -> Error, any other message
-==========================  =======  ==============  ========================================
+=======================  =======  ===================  ========================================
+reason                   type     regarding            when
+=======================  =======  ===================  ========================================
+VolumeProvisioned        Normal   DirectPVVolume       reserve_volume created the volume object
+VolumeExpanded           Normal   DirectPVVolume       expand_volume grew spec.size
+VolumeReleased           Normal   DirectPVVolume       delete_volume deleted it and freed its space
+DriveAdded               Normal   DirectPVDrive        a drive is registered (first status, Ready)
+DriveRecovered           Normal   DirectPVDrive        Lost/Error -> Ready
+DriveRemoved             Normal   DirectPVDrive        -> Removed
+DriveLost                Warning  DirectPVDrive        -> Lost (device not found)
+DriveHasIOError          Warning  DirectPVDrive        -> Error, message starts with "I/O error"
+DriveHasMultipleMatches  Warning  DirectPVDrive        -> Error, message starts with "multiple matches"
+DriveHasError            Warning  DirectPVDrive        -> Error, any other message
+DeviceFormatted          Normal   DirectPVInitRequest  a node formatted one of its devices
+DeviceInitPlanned        Normal   DirectPVInitRequest  a dry run planned one
+InitError                Warning  DirectPVInitRequest  a device was refused or its format failed
+=======================  =======  ===================  ========================================
 
 DirectPV says ``DriveMounted`` when a node mounts a drive; we say ``DriveAdded`` when the drive
 object gets its first status, which is the moment it becomes usable for volumes.
@@ -74,6 +77,9 @@ DRIVE_LOST = "DriveLost"
 DRIVE_HAS_IO_ERROR = "DriveHasIOError"
 DRIVE_HAS_MULTIPLE_MATCHES = "DriveHasMultipleMatches"
 DRIVE_HAS_ERROR = "DriveHasError"
+DEVICE_FORMATTED = "DeviceFormatted"
+DEVICE_INIT_PLANNED = "DeviceInitPlanned"
+INIT_ERROR = "InitError"
 
 NOTE_MAX = 1024  # the API server refuses longer notes (events.k8s.io/v1 validation)
 WINDOW_S = 360.0  # client-go: isomorphic events within 6 minutes form one series

@@ -32,6 +32,7 @@ from ..core.identity import hardware_id, state_token
 from ..core.judge import JudgePolicy, judge
 from ..core.models import Device
 from ..core.selection import device_row
+from . import events as ev
 from .kube import GROUP, VERSION
 
 NODES = "directpvnodes"
@@ -239,10 +240,12 @@ class InitRequestWatcher:
     work (node/initreq.py); ``on_formatted`` runs after a device became a drive (the registry syncs)."""
 
     def __init__(self, api_client: Any, node: str, handle: Handler,
-                 on_formatted: Optional[Callable[[], None]] = None) -> None:
+                 on_formatted: Optional[Callable[[], None]] = None,
+                 events: Optional[ev.EventRecorder] = None) -> None:
         self.node = node
         self.handle = handle
         self.on_formatted = on_formatted
+        self.events = events  # DeviceFormatted / DeviceInitPlanned / InitError about the request
         self._api: Any = k8s.CustomObjectsApi(api_client)  # answers are plain dicts
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -304,11 +307,21 @@ class InitRequestWatcher:
                 result = {"node": self.node, "name": str(entry.get("name", "")), "status": "Error",
                           "driveID": "", "message": f"internal error: {exc}"}
             self._record(name, result)
+            self._event(obj, result)
             count += 1
             self.handled += 1
             if result["status"] == "Success" and self.on_formatted is not None:
                 self.on_formatted()
         return count
+
+    def _event(self, obj: Obj, result: Obj) -> None:
+        if self.events is None:
+            return
+        meta = obj["metadata"]
+        reason, type_ = {"Success": (ev.DEVICE_FORMATTED, ev.NORMAL), "Planned": (ev.DEVICE_INIT_PLANNED, ev.NORMAL)
+                         }.get(result["status"], (ev.INIT_ERROR, ev.WARNING))
+        self.events.emit(ev.Regarding("DirectPVInitRequest", meta["name"], meta.get("uid", "")), type_, reason,
+                         "Init", f"node {self.node}, device {result['name']}: {result['message']}")
 
     def _record(self, name: str, result: Obj) -> None:
         for _ in range(8):
