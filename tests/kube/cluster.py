@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, Sequence
 
 import pytest
 from directpv_csi.store.kube import DRIVES, GROUP, VERSION, VOLUMES, apply_crds
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from testsupport import DriverProcess
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "crds"
 
@@ -50,3 +52,16 @@ class KubeStoreCluster:
 def kube_store_cluster(kube_control_plane: Any) -> Iterator[KubeStoreCluster]:
     crds = apply_crds(kube_control_plane.api_client, CRD_DIR)
     yield KubeStoreCluster(kube_control_plane, crds)
+
+
+def node_process(kubeconfig: Path, workdir: Path, node: str, devices: Sequence[str],
+                 sync_interval: float = 1.0) -> DriverProcess:
+    """`directpv-csi node` on the kube store as node ``node`` (not started): only ``devices`` (loop
+    devices allowed) feed its drive registry and device report; state and kubelet directories under
+    ``workdir``; metrics on a free loopback port."""
+    args = ["--kubeconfig", str(kubeconfig), "--node-id", node, "--state-dir", str(workdir / "state"),
+            "--kubelet-dir", str(workdir / "kubelet"), "--allow-loop", "--sync-interval", str(sync_interval),
+            "--metrics-address", "127.0.0.1:0"]
+    for dev in devices:
+        args += ["--device", dev]
+    return DriverProcess("node", workdir / "node.sock", args)

@@ -20,7 +20,9 @@ from directpv_csi.store.kube_nodes import INIT_REQUESTS, NODES
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from testsupport import DriverProcess, eventually, needs_root, needs_tool
+from testsupport import eventually, needs_root, needs_tool
+
+from .cluster import node_process
 
 pytestmark = [needs_root, needs_tool("mkfs.ext4"), pytest.mark.slow]
 
@@ -71,10 +73,7 @@ def test_init_requests_format_only_the_reviewed_device(
         assert st is not None
         return st
 
-    proc = DriverProcess("node", workdir / "node.sock", [
-        "--kubeconfig", str(cp.kubeconfig), "--node-id", node, "--state-dir", str(workdir / "state"),
-        "--kubelet-dir", str(workdir / "kubelet"), "--allow-loop", "--device", a, "--device", b, "--device", c,
-        "--sync-interval", "1", "--metrics-address", "127.0.0.1:0"])
+    proc = node_process(cp.kubeconfig, workdir, node, [a, b, c])
     try:
         proc.start().wait_ready()
 

@@ -20,7 +20,9 @@ from directpv_csi.store.kube_nodes import NODES
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from testsupport import DriverProcess, eventually, needs_root
+from testsupport import eventually, needs_root
+
+from .cluster import node_process
 
 pytestmark = [needs_root, pytest.mark.slow]
 
@@ -56,10 +58,7 @@ def test_node_reports_its_devices_and_answers_a_refresh(
         rows = [r for r in ((obj or {}).get("status") or {}).get("devices") or [] if r["name"] == name]
         return rows[0] if rows else None
 
-    proc = DriverProcess("node", workdir / "node.sock", [
-        "--kubeconfig", str(cp.kubeconfig), "--node-id", node, "--state-dir", str(workdir / "state"),
-        "--kubelet-dir", str(workdir / "kubelet"), "--allow-loop", "--device", dev, "--sync-interval", "5",
-        "--metrics-address", "127.0.0.1:0"])
+    proc = node_process(cp.kubeconfig, workdir, node, [dev], sync_interval=5)
     try:
         proc.start().wait_ready()
         assert eventually(lambda: row(report()) is not None, 20), proc.tail()
