@@ -303,6 +303,25 @@ def test_pvc_pending_bound_published_written_expanded_deleted(
         wait_for("CSIStorageCapacity to follow the expansion",
                  lambda: c.capacity_bytes() == total - 128 * MiB, procs)
 
+        # --- a claim no drive can hold: the user reads why on the PVC (csi-provisioner's event
+        # carries our RESOURCE_EXHAUSTED message, naming the drive and its free space); nothing is reserved
+        c.core.create_namespaced_persistent_volume_claim(c.app_namespace, client.V1PersistentVolumeClaim(
+            metadata=client.V1ObjectMeta(name="too-big", annotations={SELECTED_NODE: c.node}),
+            spec=client.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadWriteOnce"], storage_class_name=c.storage_class,
+                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}))))
+
+        def refusal() -> str:
+            events = c.core.list_namespaced_event(c.app_namespace,
+                                                  field_selector="involvedObject.name=too-big").items
+            return next((e.message for e in events if e.reason == "ProvisioningFailed"
+                         and "no drive can hold" in (e.message or "")), "")
+
+        why = wait_for("ProvisioningFailed on the too-big PVC", refusal, procs)
+        assert drive["metadata"]["name"] in why and "free" in why, why
+        assert c.pvc("too-big").status.phase == "Pending" and c.allocated() == 128 * MiB
+        c.core.delete_namespaced_persistent_volume_claim("too-big", c.app_namespace)
+
         # --- kubelet tears the pod down; the PVC is deleted; the space comes back
         node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id=handle, target_path=str(target)),
                                  timeout=30)
