@@ -8,6 +8,6 @@ step() { local name=$1; shift; local t0=$SECONDS; echo "=== lint: $name"; "$@"; 
 
 step "module_utils links (one home for device code)" bash scripts/link-module-utils.sh --check
 step "ruff" ruff check .
-step "mypy --strict (driver)" mypy
+step "mypy --strict (driver, tests/kube)" mypy
 step "ansible-lint (production profile)" bash scripts/ansible-lint.sh
 step "ansible-test sanity" bash scripts/ansible-sanity.sh
