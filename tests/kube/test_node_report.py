@@ -144,6 +144,12 @@ def test_reporter_writes_only_changes_and_answers_each_refresh_once(kube_store_c
         assert got["spec"]["refresh"] is False and got["status"]["deviceCount"] == 1
         assert not eventually(lambda: len(refreshes) > 1, 3.0)  # its own writes did not ask again
         assert reporter.report([sda]) is False and reporter.writes == 3
+
+        asked.clear()
+        api.delete_cluster_custom_object(GROUP, VERSION, NODES, node)  # someone deletes the report
+        assert asked.wait(20)  # the node is asked to probe again...
+        assert reporter.report([sda]) is True  # ...and writes it again although nothing changed
+        assert api.get_cluster_custom_object(GROUP, VERSION, NODES, node)["status"]["deviceCount"] == 1
     finally:
         reporter.stop()
         try:

@@ -12,8 +12,8 @@ quiet node writes nothing. ``spec.refresh: true`` (set by an operator: ``kubectl
 writes the report with a new ``refreshedAt`` and sets ``spec.refresh`` back to false. A watch on
 this one object (field selector on its name) hears the request: no polling.
 
-The object carries no data, so no finalizer; losing it loses nothing (the next sync writes it
-again). Errors are logged and retried on the next report: the report never disturbs the
+The object carries no data, so no finalizer; losing it loses nothing (the watch sees the deletion
+and the node writes it again at once). Errors are logged and retried on the next report: the report never disturbs the
 registry that calls it.
 """
 
@@ -175,6 +175,15 @@ class NodeReporter:
                 if self._stop.is_set():
                     return
                 obj = ev.get("object") or {}
+                if ev.get("type") == "DELETED":  # someone deleted the report: write it again at once
+                    with self._lock:
+                        self._last = None
+                        self._refresh_pending = True
+                        self._answered_generation = 0
+                    log.info("DirectPVNode %s was deleted; writing it again", self.node)
+                    if self.on_refresh is not None:
+                        self.on_refresh()
+                    continue
                 if ev.get("type") not in ("ADDED", "MODIFIED") or not (obj.get("spec") or {}).get("refresh"):
                     continue
                 generation = int((obj.get("metadata") or {}).get("generation") or 0)
