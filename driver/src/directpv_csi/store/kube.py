@@ -608,20 +608,27 @@ class KubeStore:
             if living:
                 raise FailedPrecondition(f"drive {drive_id} still holds {len(living)} volume(s)",
                                          "delete its volumes first")
-            meta = dict(cur["metadata"], finalizers=[f for f in cur["metadata"].get("finalizers") or []
-                                                      if f != FINALIZER])
-            cur = self._write(DRIVES, dict(cur, metadata=meta))
-            try:
-                self._api.delete_cluster_custom_object(
-                    GROUP, VERSION, DRIVES, drive_id,
-                    body=k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(
-                        resource_version=cur["metadata"]["resourceVersion"])))
-            except ApiException as e:
-                if _status_code(e) != 404:
-                    raise
-            self._drives.forget(drive_id, _rv(cur))
+            self._unprotect_and_delete(DRIVES, cur)
 
         self._retry(f"drive {drive_id}", op)
+
+    def _unprotect_and_delete(self, plural: str, cur: Obj) -> Obj:
+        """Drop our finalizer (a write carrying ``cur``'s resourceVersion: 409 if it changed), then
+        delete on exactly that version; returns the object as last written."""
+        meta = dict(cur["metadata"], finalizers=[f for f in cur["metadata"].get("finalizers") or []
+                                                  if f != FINALIZER])
+        cur = self._write(plural, dict(cur, metadata=meta))
+        name = cur["metadata"]["name"]
+        try:
+            self._api.delete_cluster_custom_object(
+                GROUP, VERSION, plural, name,
+                body=k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(
+                    resource_version=cur["metadata"]["resourceVersion"])))
+        except ApiException as e:
+            if _status_code(e) != 404:
+                raise
+        (self._drives if plural == DRIVES else self._volumes).forget(name, _rv(cur))
+        return cur
 
     # ------------------------------------------------------------------ volumes
     def _existing(self, volume: Volume, obj: Obj) -> Volume:
@@ -831,19 +838,7 @@ class KubeStore:
             cur = self._volume_obj(name, attempt)
             if cur is None:
                 return None
-            meta = dict(cur["metadata"], finalizers=[f for f in cur["metadata"].get("finalizers") or []
-                                                      if f != FINALIZER])
-            cur = self._write(VOLUMES, dict(cur, metadata=meta))
-            try:
-                self._api.delete_cluster_custom_object(
-                    GROUP, VERSION, VOLUMES, object_name(name),
-                    body=k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(
-                        resource_version=cur["metadata"]["resourceVersion"])))
-            except ApiException as e:
-                if _status_code(e) != 404:
-                    raise
-            self._volumes.forget(name, _rv(cur))
-            return cur
+            return self._unprotect_and_delete(VOLUMES, cur)
 
         gone: Optional[Obj] = self._retry(f"volume {name}", op)
         if gone is None:
