@@ -7,7 +7,7 @@ from typing import Any, Callable, List, Tuple
 
 import pytest
 from directpv_csi.core.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
-from directpv_csi.core.models import DRIVE_LOST, DRIVE_READY, VOLUME_READY, Drive, Volume
+from directpv_csi.core.models import DRIVE_LOST, DRIVE_READY, VOLUME_READY, Drive, Tombstone, Volume
 from store_adapters import adapter_fixture, store_fixture  # noqa: F401 - fixtures
 
 GiB = 1024**3
@@ -109,9 +109,11 @@ def test_reserve_assigns_smallest_unused_project_id(store: Any) -> None:
     ids = [store.reserve_volume(vol(f"v{i}")).project_id for i in range(3)]
     assert ids == [1, 2, 3]
     assert store.reserve_volume(vol("w1", drive_id="d2")).project_id == 1  # per drive
-    store.delete_volume("v0")
-    assert store.reserve_volume(vol("v9")).project_id == 1
-    assert store.reserve_volume(vol("v10")).project_id == 4
+    gone = store.delete_volume("v0")
+    # the tombstone holds project id 1 until its node cleared it: never two volumes on one project
+    assert store.reserve_volume(vol("v9")).project_id == 4
+    assert store.clear_tombstone("d1", "v0", gone.uid)
+    assert store.reserve_volume(vol("v10")).project_id == 1
     d = store.get_drive("d1")
     assert (d.allocated, d.volume_count) == (4 * GiB, 4)
 
@@ -247,3 +249,87 @@ def test_concurrent_reservations_never_overcommit(store: Any) -> None:
     assert d.allocated == 10 * GiB and d.volume_count == 10
     assert sorted(v.project_id for v in store.list_volumes(drive_id="d1")) == list(range(1, 11))
     assert d.status == DRIVE_READY
+
+
+# --- tombstones and restoring (the store decides every deletion) ---------------------------
+
+
+def test_reserve_assigns_a_uid_per_incarnation(store: Any) -> None:
+    store.put_drive(drive("d1"))
+    a = store.reserve_volume(vol("v1"))
+    assert a.uid and store.get_volume("v1").uid == a.uid
+    store.delete_volume("v1")
+    b = store.reserve_volume(vol("v1"))
+    assert b.uid and b.uid != a.uid
+
+
+def test_delete_volume_leaves_a_tombstone_until_cleared(store: Any) -> None:
+    store.put_drive(drive("d1", "n1"))
+    store.put_drive(drive("d2", "n1"))
+    v = store.reserve_volume(vol("v1", size=3 * GiB))
+    store.reserve_volume(vol("w1", drive_id="d2"))
+    assert store.list_tombstones("d1") == []
+    store.delete_volume("v1")
+    store.delete_volume("v1")  # idempotent: no second tombstone
+    [t] = store.list_tombstones("d1")
+    assert (t.drive_id, t.node, t.name, t.uid, t.project_id, t.size) == ("d1", "n1", "v1", v.uid, v.project_id,
+                                                                         3 * GiB)
+    assert t.deleted_at > 0
+    assert store.list_tombstones("d2") == [] and [x.name for x in store.list_tombstones()] == ["v1"]
+    d = store.get_drive("d1")
+    assert (d.allocated, d.volume_count) == (0, 0)  # capacity is free at once
+    store.put_drive(drive("d1", "n1", name="sdx"))  # a node re-registering keeps the tombstone
+    assert len(store.list_tombstones("d1")) == 1
+    assert not store.clear_tombstone("d1", "v1", "other-uid")
+    assert store.clear_tombstone("d1", "v1", v.uid)
+    assert store.list_tombstones("d1") == [] and not store.clear_tombstone("d1", "v1", v.uid)
+
+
+def test_add_tombstone_for_an_orphan(store: Any) -> None:
+    store.put_drive(drive("d1", "n1"))
+    store.reserve_volume(vol("live"))
+    t = store.add_tombstone(Tombstone(drive_id="d1", node="", name="orphan", uid="u1", project_id=7))
+    assert (t.node, t.name, t.uid) == ("n1", "orphan", "u1")
+    store.add_tombstone(Tombstone(drive_id="d1", node="", name="orphan", uid="u1", project_id=7))  # idempotent
+    assert [x.name for x in store.list_tombstones("d1")] == ["orphan"]
+    assert store.reserve_volume(vol("v2")).project_id == 2  # 7 is held, 1 is live
+    with pytest.raises(FailedPrecondition):
+        store.add_tombstone(Tombstone(drive_id="d1", node="", name="live", uid="x", project_id=1))
+    with pytest.raises(NotFound):
+        store.add_tombstone(Tombstone(drive_id="nope", node="", name="o", uid="x", project_id=1))
+    assert store.get_volume("live") is not None
+
+
+def test_restore_volume_records_it_with_its_own_identity(store: Any) -> None:
+    store.put_drive(drive("d1", "n1", total=4 * GiB))
+    store.reserve_volume(vol("big", size=3 * GiB))
+    r = store.restore_volume(Volume(name="pvc-r", drive_id="d1", node="", size=2 * GiB, project_id=9, uid="u9",
+                                    parameters={"k": "v"}, labels={"l": "1"}, created_at=123.0))
+    assert (r.name, r.node, r.size, r.project_id, r.uid, r.parameters, r.created_at) == (
+        "pvc-r", "n1", 2 * GiB, 9, "u9", {"k": "v"}, 123.0)
+    assert store.get_volume("pvc-r") == r
+    d = store.get_drive("d1")
+    assert (d.allocated, d.volume_count) == (5 * GiB, 2)  # never refused for room: the data is there
+    same = Volume(name="pvc-r", drive_id="d1", node="", size=2 * GiB, project_id=9, uid="u9")
+    assert store.restore_volume(same).uid == "u9"  # idempotent
+    assert store.get_drive("d1").allocated == 5 * GiB
+    with pytest.raises(AlreadyExists):  # never over-writes a record
+        store.restore_volume(Volume(name="big", drive_id="d1", node="", size=GiB, project_id=5, uid="other"))
+    with pytest.raises(Conflict):  # project id taken
+        store.restore_volume(Volume(name="pvc-s", drive_id="d1", node="", size=GiB, project_id=9, uid="u10"))
+    with pytest.raises(NotFound):
+        store.restore_volume(Volume(name="pvc-t", drive_id="nope", node="", size=GiB, project_id=1, uid="u"))
+    with pytest.raises(InvalidArgument):
+        store.restore_volume(Volume(name="pvc-u", drive_id="d1", node="", size=GiB, project_id=0, uid="u"))
+    assert store.get_volume("big").size == 3 * GiB and store.get_volume("pvc-s") is None
+    with pytest.raises(Conflict):  # over-full after the restore: no new reservation
+        store.reserve_volume(vol("next", size=1))
+
+
+def test_tombstones_survive_reopen(adapter: Tuple[Any, Callable[[], Any]]) -> None:
+    store, reopen = adapter
+    store.put_drive(drive("d1", "n1"))
+    v = store.reserve_volume(vol("v1"))
+    store.delete_volume("v1")
+    again = reopen()
+    assert [(t.name, t.uid) for t in again.list_tombstones("d1")] == [("v1", v.uid)]

@@ -8,9 +8,28 @@ Python >= 3.9 syntax only: this module also ships inside the Ansible collection.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 # --- probing -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What a device's filesystem holds, read without writing to it (device/ondisk.py)."""
+
+    files: int = 0  # regular files, symlinks and other non-directories (walked, up to a limit)
+    directories: int = 0  # directories below the root (an empty lost+found not counted)
+    data_bytes: int = 0  # allocated bytes of the files walked
+    used_bytes: int = 0  # what statfs reports as used on the filesystem
+    volume_dirs: int = 0  # directories at the root not starting with "." (DirectPV's and our volumes)
+    volume_metadata: int = 0  # files in .directpv/volumes/ (our per-volume metadata)
+    truncated: bool = False  # the walk stopped at its limit: counts are "at least"
+    walked: bool = False  # files/directories/data_bytes were counted (else only the root was listed)
+
+    @property
+    def empty(self) -> bool:
+        return self.walked and not self.truncated and self.files == 0 and self.directories == 0
+
 
 
 @dataclass(frozen=True)
@@ -52,6 +71,11 @@ class Device:
     loop_backing_file: str = ""
     by_id: Tuple[str, ...] = ()  # /dev/disk/by-id/* links resolving to this device
     udev: Dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # Who made the filesystem (core/identity.py KIND_*; "" = not a DirectPV-family drive or not
+    # inspected) and what it holds; filled read-only by device/ondisk.py.
+    drive_kind: str = ""
+    contents: Optional[Contents] = None
+    inspect_error: str = ""  # why the filesystem could not be inspected
 
     @property
     def dev_path(self) -> str:
@@ -95,6 +119,9 @@ REASON_REMOVABLE = "removable"
 REASON_HAS_FILESYSTEM = "has-filesystem"
 REASON_HAS_PARTITION_TABLE = "has-partition-table"
 REASON_NOT_DISK = "not-a-disk"  # e.g. a device-mapper or md device we do not manage
+REASON_DIRECTPV = "directpv-drive"  # a MinIO DirectPV drive: never adopted, never formatted while it holds volumes
+REASON_UNVERIFIED = "unverified"  # labelled like a DirectPV-family drive, but its files could not be read
+REASON_HAS_DATA = "has-data"  # its filesystem holds files: formatting needs force and the device named
 
 
 @dataclass(frozen=True)
@@ -173,3 +200,20 @@ class Volume:
     labels: Dict[str, str] = field(default_factory=dict)
     created_at: float = 0.0
     generation: int = 0
+    uid: str = ""  # unique per incarnation, assigned by the store at reserve (the on-drive metadata carries it)
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """A volume deleted in the store whose directory its node has not yet moved to the trash.
+
+    Only a tombstone lets a node remove a volume directory; its project id stays taken on the drive
+    until the node clears it (so a new volume never inherits the old one's quota or files)."""
+
+    drive_id: str
+    node: str
+    name: str
+    uid: str
+    project_id: int
+    size: int = 0
+    deleted_at: float = 0.0

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, Optional, Protocol, Sequence
 
 from ..core.errors import InvalidArgument
-from ..core.models import DRIVE_STATUSES, VOLUME_STATUSES, Drive, Volume
+from ..core.models import DRIVE_STATUSES, VOLUME_STATUSES, Drive, Tombstone, Volume
 
 # What update_drive / update_volume may change (everything else is owned by the node or the reservation).
 DRIVE_OPERATOR_FIELDS = ("status", "schedulable", "access_tier", "labels", "message")
@@ -87,7 +87,40 @@ class Store(Protocol):
         ...
 
     def delete_volume(self, name: str) -> Optional[Volume]:
-        """Remove the record and release its capacity. Missing -> None (idempotent)."""
+        """Remove the record, release its capacity and leave a tombstone (drive, name, uid, project
+        id) for its node: the only thing that lets a node remove the volume's directory. The
+        project id stays taken on the drive until the tombstone is cleared. Missing -> None
+        (idempotent)."""
+        ...
+
+    # --- tombstones (the store decides every deletion) -----------------------------
+    def list_tombstones(self, drive_id: Optional[str] = None) -> Sequence[Tombstone]:
+        """Tombstones of one drive (or all), ordered by name."""
+        ...
+
+    def add_tombstone(self, tombstone: Tombstone) -> Tombstone:
+        """Record a tombstone for a directory no record describes (the operator's explicit removal
+        of an orphan). Refused (FailedPrecondition) while a volume of that name is recorded on
+        the drive; NotFound for an unknown drive. Idempotent."""
+        ...
+
+    def clear_tombstone(self, drive_id: str, name: str, uid: str) -> bool:
+        """The node moved the directory to the trash (or found none): forget the tombstone and
+        free its project id. False when there was none."""
+        ...
+
+    def restore_volume(self, volume: Volume) -> Volume:
+        """Record a volume read from its drive's on-drive metadata (a store that lost its
+        records), with its own project id, uid, size and creation time, and add its size to the
+        drive's allocation (never refused for lack of room: the data is there). Never
+        over-writes: a recorded name -> AlreadyExists (same uid on the same drive -> the record,
+        idempotent); its project id taken on the drive -> Conflict; unknown drive -> NotFound."""
+        ...
+
+    def report_orphans(self, drive_id: str, names: Sequence[str]) -> None:
+        """A node found volume directories on ``drive_id`` that no record or tombstone describes
+        (called when the set changes; kept on the drive, never removed). The kube store records
+        an Event; the embedded store has nobody to tell but the log."""
         ...
 
     def close(self) -> None: ...
@@ -124,6 +157,13 @@ def check_new_volume(volume: Volume) -> None:
     if volume.size <= 0:
         raise InvalidArgument(f"volume {volume.name}: size {volume.size} must be positive",
                               "reserve at least one byte")
+
+
+def check_restored_volume(volume: Volume) -> None:
+    check_new_volume(volume)
+    if volume.project_id <= 0 or not volume.uid or not volume.drive_id:
+        raise InvalidArgument(f"volume {volume.name}: a restored volume needs its drive, project id and uid",
+                              "restore from the volume's on-drive metadata file")
 
 
 def check_volume_changes(name: str, changes: Dict[str, object]) -> None:

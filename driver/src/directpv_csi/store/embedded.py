@@ -3,9 +3,9 @@
 Durability and consistency
   * WAL journal, ``synchronous=FULL`` by default: a write returns only once it is on
     disk, so an acknowledged volume survives kill -9 *and* a power cut. NORMAL survives
-    kill -9 but may lose every commit since the last checkpoint on power loss — and the
-    node's garbage collector removes volume directories that have no record, so a lost
-    record would mean lost data. NORMAL is accepted for benchmarks only.
+    kill -9 but may lose every commit since the last checkpoint on power loss (a lost
+    record leaves an orphan directory: kept, never removed, but served by nothing until
+    restored). NORMAL is accepted for benchmarks only.
   * Every write runs in a transaction with its own SAVEPOINT: a volume row and its
     drive's ``allocated``/``volume_count`` change together or not at all, so a crash
     can never leak or double a reservation. :meth:`check` verifies it.
@@ -29,6 +29,7 @@ import json
 import sqlite3
 import threading
 import time
+import uuid
 from dataclasses import replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -41,10 +42,16 @@ from ..core.errors import (
     NotFound,
     OutOfRange,
 )
-from ..core.models import DRIVE_READY, Drive, Volume
-from .base import check_drive_changes, check_new_drive, check_new_volume, check_volume_changes
+from ..core.models import DRIVE_READY, Drive, Tombstone, Volume
+from .base import (
+    check_drive_changes,
+    check_new_drive,
+    check_new_volume,
+    check_restored_volume,
+    check_volume_changes,
+)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: volumes.uid, tombstones
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -83,6 +90,16 @@ CREATE TABLE IF NOT EXISTS volumes (
     UNIQUE (drive_id, project_id)
 );
 CREATE INDEX IF NOT EXISTS volumes_node ON volumes(node, name);
+CREATE TABLE IF NOT EXISTS tombstones (
+    drive_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    node TEXT NOT NULL,
+    project_id INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    deleted_at REAL NOT NULL,
+    PRIMARY KEY (drive_id, name, uid)
+);
 """
 
 _DRIVE_COLS = (
@@ -91,8 +108,9 @@ _DRIVE_COLS = (
 )
 _VOLUME_COLS = (
     "name, drive_id, node, size, project_id, status, parameters, staging_path, target_paths, "
-    "read_only_targets, labels, created_at, generation"
+    "read_only_targets, labels, created_at, generation, uid"
 )
+_TOMB_COLS = "drive_id, name, uid, node, project_id, size, deleted_at"
 
 
 
@@ -119,7 +137,7 @@ def _volume_row(v: Volume) -> Tuple[object, ...]:
     return (
         v.name, v.drive_id, v.node, v.size, v.project_id, v.status, _dumps(v.parameters), v.staging_path,
         _dumps(list(v.target_paths)), _dumps(list(v.read_only_targets)), _dumps(v.labels), v.created_at,
-        v.generation,
+        v.generation, v.uid,
     )
 
 
@@ -128,8 +146,17 @@ def _volume_of(row: Sequence[Any]) -> Volume:
         name=row[0], drive_id=row[1], node=row[2], size=row[3], project_id=row[4], status=row[5],
         parameters=json.loads(row[6]), staging_path=row[7], target_paths=tuple(json.loads(row[8])),
         read_only_targets=tuple(json.loads(row[9])), labels=json.loads(row[10]), created_at=row[11],
-        generation=row[12],
+        generation=row[12], uid=row[13],
     )
+
+
+def _tombstone_of(row: Sequence[Any]) -> Tombstone:
+    return Tombstone(drive_id=row[0], name=row[1], uid=row[2], node=row[3], project_id=row[4], size=row[5],
+                     deleted_at=row[6])
+
+
+def _new_uid() -> str:
+    return uuid.uuid4().hex
 
 
 def _smallest_unused(used: Sequence[int]) -> int:
@@ -183,11 +210,23 @@ class EmbeddedStore:
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
+            self._migrate(db)
             db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             self._db = db
         self._drives: Dict[str, Drive] = {}
         self._by_node: Dict[str, Dict[str, Drive]] = {}
         self._load()
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Schema 1 -> 2: every volume gets a uid (its incarnation); the tombstones table is made by _SCHEMA."""
+        cols = {r[1] for r in db.execute("PRAGMA table_info(volumes)")}
+        if "uid" not in cols:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ALTER TABLE volumes ADD COLUMN uid TEXT NOT NULL DEFAULT ''")
+            db.execute("UPDATE volumes SET uid=lower(hex(randomblob(16))) WHERE uid=''")
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            db.execute("COMMIT")
 
     # ------------------------------------------------------------------ plumbing
     def _reader(self) -> sqlite3.Connection:
@@ -446,14 +485,13 @@ class EmbeddedStore:
             if drive.free < volume.size:
                 raise Conflict(f"drive {drive.drive_id} has {drive.free} bytes free, needs {volume.size}",
                                "pick another drive")
-            used = [r[0] for r in db.execute(
-                "SELECT project_id FROM volumes WHERE drive_id=? ORDER BY project_id", (drive.drive_id,))]
             new = replace(
-                volume, node=drive.node, project_id=_smallest_unused(used), generation=1,
+                volume, node=drive.node, project_id=_smallest_unused(self._used_project_ids(db, drive.drive_id)),
+                generation=1, uid=_new_uid(),
                 created_at=volume.created_at or time.time(),
                 parameters=dict(volume.parameters), labels=dict(volume.labels),
             )
-            db.execute(f"INSERT INTO volumes({_VOLUME_COLS}) VALUES ({','.join('?' * 13)})", _volume_row(new))
+            db.execute(f"INSERT INTO volumes({_VOLUME_COLS}) VALUES ({','.join('?' * 14)})", _volume_row(new))
             new_drive = replace(drive, allocated=drive.allocated + new.size,
                                 volume_count=drive.volume_count + 1, generation=drive.generation + 1)
             db.execute("UPDATE drives SET allocated=?, volume_count=?, generation=? WHERE drive_id=?",
@@ -508,7 +546,7 @@ class EmbeddedStore:
                 raise Conflict(f"volume {name} changed (generation {old.generation}, expected "
                                f"{expected_generation})", "re-read the volume and retry")
             new = replace(old, generation=old.generation + 1, **changes)  # type: ignore[arg-type]
-            db.execute(f"INSERT OR REPLACE INTO volumes({_VOLUME_COLS}) VALUES ({','.join('?' * 13)})",
+            db.execute(f"INSERT OR REPLACE INTO volumes({_VOLUME_COLS}) VALUES ({','.join('?' * 14)})",
                        _volume_row(new))
             return new
 
@@ -550,6 +588,8 @@ class EmbeddedStore:
             if old is None:
                 return None
             db.execute("DELETE FROM volumes WHERE name=?", (name,))
+            db.execute(f"INSERT OR REPLACE INTO tombstones({_TOMB_COLS}) VALUES (?,?,?,?,?,?,?)",
+                       (old.drive_id, old.name, old.uid, old.node, old.project_id, old.size, time.time()))
             drive = self._cur(ov, old.drive_id)
             if drive is not None:
                 new_drive = replace(drive, allocated=max(0, drive.allocated - old.size),
@@ -561,6 +601,84 @@ class EmbeddedStore:
 
         result: Optional[Volume] = self._submit(op)
         return result
+
+    @staticmethod
+    def _used_project_ids(db: sqlite3.Connection, drive_id: str) -> List[int]:
+        """Project ids taken on a drive (live volumes and tombstones), ascending."""
+        return [r[0] for r in db.execute(
+            "SELECT project_id FROM volumes WHERE drive_id=? UNION SELECT project_id FROM tombstones "
+            "WHERE drive_id=? ORDER BY 1", (drive_id, drive_id))]
+
+    # ------------------------------------------------------------------ tombstones
+    def list_tombstones(self, drive_id: Optional[str] = None) -> Sequence[Tombstone]:
+        sql = f"SELECT {_TOMB_COLS} FROM tombstones"
+        args: Tuple[object, ...] = ()
+        if drive_id is not None:
+            sql += " WHERE drive_id=?"
+            args = (drive_id,)
+        return [_tombstone_of(r) for r in self._reader().execute(sql + " ORDER BY name, uid", args).fetchall()]
+
+    def add_tombstone(self, tombstone: Tombstone) -> Tombstone:
+        if not tombstone.drive_id or not tombstone.name:
+            raise InvalidArgument("a tombstone needs a drive id and a volume name", "name the orphan to remove")
+
+        def op(db: sqlite3.Connection, ov: Dict[str, Optional[Drive]]) -> Tombstone:
+            drive = self._cur(ov, tombstone.drive_id)
+            if drive is None:
+                raise NotFound(f"drive {tombstone.drive_id} not found", "list drives to see the known ids")
+            live = self._volume_row_of(db, tombstone.name)
+            if live is not None and live.drive_id == tombstone.drive_id:
+                raise FailedPrecondition(f"volume {tombstone.name} is recorded on drive {tombstone.drive_id}",
+                                         "delete it with DeleteVolume (delete its PVC), not as an orphan")
+            new = replace(tombstone, node=drive.node, deleted_at=tombstone.deleted_at or time.time())
+            db.execute(f"INSERT OR REPLACE INTO tombstones({_TOMB_COLS}) VALUES (?,?,?,?,?,?,?)",
+                       (new.drive_id, new.name, new.uid, new.node, new.project_id, new.size, new.deleted_at))
+            return new
+
+        result: Tombstone = self._submit(op)
+        return result
+
+    def clear_tombstone(self, drive_id: str, name: str, uid: str) -> bool:
+        def op(db: sqlite3.Connection, ov: Dict[str, Optional[Drive]]) -> bool:
+            cur = db.execute("DELETE FROM tombstones WHERE drive_id=? AND name=? AND uid=?", (drive_id, name, uid))
+            return bool(cur.rowcount)
+
+        result: bool = self._submit(op)
+        return result
+
+    def restore_volume(self, volume: Volume) -> Volume:
+        check_restored_volume(volume)
+
+        def op(db: sqlite3.Connection, ov: Dict[str, Optional[Drive]]) -> Volume:
+            existing = self._volume_row_of(db, volume.name)
+            if existing is not None:
+                if existing.drive_id == volume.drive_id and existing.uid == volume.uid:
+                    return existing
+                raise AlreadyExists(f"volume {volume.name} is recorded on drive {existing.drive_id} (uid "
+                                    f"{existing.uid}); drive {volume.drive_id} holds another one (uid {volume.uid})",
+                                    "both are kept; rename or remove one of them by hand")
+            drive = self._cur(ov, volume.drive_id)
+            if drive is None:
+                raise NotFound(f"drive {volume.drive_id} is not registered", "register the drive first")
+            if volume.project_id in self._used_project_ids(db, drive.drive_id):
+                raise Conflict(f"volume {volume.name}: project id {volume.project_id} is taken on drive "
+                               f"{drive.drive_id}", "both are kept; look at the drive's volumes")
+            new = replace(volume, node=drive.node, generation=1, created_at=volume.created_at or time.time(),
+                          parameters=dict(volume.parameters), labels=dict(volume.labels), staging_path="",
+                          target_paths=(), read_only_targets=())
+            db.execute(f"INSERT INTO volumes({_VOLUME_COLS}) VALUES ({','.join('?' * 14)})", _volume_row(new))
+            new_drive = replace(drive, allocated=drive.allocated + new.size,
+                                volume_count=drive.volume_count + 1, generation=drive.generation + 1)
+            db.execute("UPDATE drives SET allocated=?, volume_count=?, generation=? WHERE drive_id=?",
+                       (new_drive.allocated, new_drive.volume_count, new_drive.generation, drive.drive_id))
+            ov[drive.drive_id] = new_drive
+            return new
+
+        result: Volume = self._submit(op)
+        return result
+
+    def report_orphans(self, drive_id: str, names: Sequence[str]) -> None:
+        return None  # the node logs and lists them (no one else to tell in standalone mode)
 
     # ------------------------------------------------------------------ upkeep
     def check(self) -> List[str]:

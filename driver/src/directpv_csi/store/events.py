@@ -14,6 +14,8 @@ reason                   type     regarding            when
 VolumeProvisioned        Normal   DirectPVVolume       reserve_volume created the volume object
 VolumeExpanded           Normal   DirectPVVolume       expand_volume grew spec.size
 VolumeReleased           Normal   DirectPVVolume       delete_volume deleted it and freed its space
+VolumeRestored           Normal   DirectPVVolume       restore_volume recorded it from its on-drive metadata
+OrphanVolumes            Warning  DirectPVDrive        a node found volume directories no record describes
 DriveAdded               Normal   DirectPVDrive        a drive is registered (first status, Ready)
 DriveRecovered           Normal   DirectPVDrive        Lost/Error -> Ready
 DriveRemoved             Normal   DirectPVDrive        -> Removed
@@ -70,6 +72,8 @@ WARNING = "Warning"
 VOLUME_PROVISIONED = "VolumeProvisioned"
 VOLUME_EXPANDED = "VolumeExpanded"
 VOLUME_RELEASED = "VolumeReleased"
+VOLUME_RESTORED = "VolumeRestored"
+ORPHAN_VOLUMES = "OrphanVolumes"
 DRIVE_ADDED = "DriveAdded"
 DRIVE_RECOVERED = "DriveRecovered"
 DRIVE_REMOVED = "DriveRemoved"

@@ -53,6 +53,7 @@ import re
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, cast
 
@@ -62,10 +63,25 @@ from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
 from ..core.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
-from ..core.models import DRIVE_ERROR, DRIVE_LOST, DRIVE_READY, DRIVE_REMOVED, VOLUME_PENDING, Drive, Volume
+from ..core.models import (
+    DRIVE_ERROR,
+    DRIVE_LOST,
+    DRIVE_READY,
+    DRIVE_REMOVED,
+    VOLUME_PENDING,
+    Drive,
+    Tombstone,
+    Volume,
+)
 from ..core.units import format_size
 from . import events as ev
-from .base import check_drive_changes, check_new_drive, check_new_volume, check_volume_changes
+from .base import (
+    check_drive_changes,
+    check_new_drive,
+    check_new_volume,
+    check_restored_volume,
+    check_volume_changes,
+)
 
 GROUP = "directpv.dev"
 VERSION = "v1beta1"
@@ -145,19 +161,41 @@ def volume_of(obj: Obj) -> Volume:
         parameters=dict(spec.get("parameters") or {}), staging_path=st.get("stagingPath", ""),
         target_paths=tuple(st.get("targetPaths") or ()), read_only_targets=tuple(st.get("readOnlyTargets") or ()),
         labels=dict(spec.get("labels") or {}), created_at=float(spec.get("createdAt", 0.0)), generation=_rv(obj),
+        uid=str(spec.get("uid") or obj["metadata"].get("uid", "")),  # objects made before uids: the object's
     )
+
+
+def tombstones_of(obj: Obj) -> List[Tombstone]:
+    st: Obj = obj.get("status") or {}
+    node = (obj.get("spec") or {}).get("node", "")
+    return sorted((Tombstone(drive_id=obj["metadata"]["name"], node=node, name=str(t["name"]), uid=str(t.get("uid", "")),
+                             project_id=int(t["projectID"]), size=int(t.get("size", 0)),
+                             deleted_at=float(t.get("deletedAt", 0.0)))
+                   for t in (st.get("tombstones") or {}).values()), key=lambda t: (t.name, t.uid))
+
+
+def _tomb_key(name: str, uid: str) -> str:
+    return f"{name}#{uid}"
+
+
+def _used_pids(st: Obj) -> Set[int]:
+    return {int(r["projectID"]) for r in (st.get("volumes") or {}).values()} | \
+        {int(t["projectID"]) for t in (st.get("tombstones") or {}).values()}
 
 
 def _drive_meta_labels(node: str, name: str, tier: str) -> Dict[str, str]:
     return _labels({LABEL_NODE: node, LABEL_DRIVE_NAME: name, LABEL_TIER: tier})
 
 
-def _drive_status(d: Drive, ledger: Obj) -> Obj:
-    return {
+def _drive_status(d: Drive, ledger: Obj, tombstones: Optional[Obj] = None) -> Obj:
+    out: Obj = {
         "name": d.name, "total": d.total, "status": d.status, "make": d.make, "mountpoint": d.mountpoint,
         "message": d.message, "topology": dict(d.topology), "volumes": ledger,
         "allocated": sum(int(r["size"]) for r in ledger.values()), "volumeCount": len(ledger),
     }
+    if tombstones:
+        out["tombstones"] = tombstones
+    return out
 
 
 def _smallest_unused(used: Set[int]) -> int:
@@ -543,7 +581,7 @@ class KubeStore:
                     cur["metadata"]["labels"].pop(LABEL_DRIVE_NAME, None)
                 cur = self._write(DRIVES, cur)
             st = cur.get("status") or {}
-            new_status = _drive_status(drive, dict(st.get("volumes") or {}))
+            new_status = _drive_status(drive, dict(st.get("volumes") or {}), dict(st.get("tombstones") or {}))
             if st and {k: st.get(k) for k in new_status} == new_status:
                 return cur  # nothing changed: no write, no new generation
             return self._write(DRIVES, dict(cur, status=new_status), status=True)
@@ -651,7 +689,7 @@ class KubeStore:
         params = dict(volume.parameters)
 
         # step 1: the ledger record on the drive, on the version the checks were made on
-        def reserve(attempt: int) -> Tuple[Obj, int, bool]:
+        def reserve(attempt: int) -> Tuple[Obj, int, str, bool]:
             cur = self._drive_obj(volume.drive_id, attempt)
             if cur is None or not cur.get("status"):
                 raise Conflict(f"drive {volume.drive_id} is not registered", "pick another drive")
@@ -660,7 +698,7 @@ class KubeStore:
             rec = ledger.get(volume.name)
             if rec is not None:  # an earlier attempt of this request got this far
                 if int(rec["size"]) == volume.size and dict(rec.get("parameters") or {}) == params:
-                    return cur, int(rec["projectID"]), False
+                    return cur, int(rec["projectID"]), str(rec.get("uid", "")), False
                 raise AlreadyExists(f"volume {volume.name} is being reserved on drive {volume.drive_id} with "
                                     f"size {rec['size']}", "use another name, or repeat the original request")
             d = drive_of(cur)
@@ -672,13 +710,14 @@ class KubeStore:
             if d.free < volume.size:
                 raise Conflict(f"drive {d.drive_id} has {d.free} bytes free, needs {volume.size}",
                                "pick another drive")
-            pid = _smallest_unused({int(r["projectID"]) for r in ledger.values()})
+            pid = _smallest_unused(_used_pids(st))
+            uid = uuid.uuid4().hex
             ledger[volume.name] = {"size": volume.size, "projectID": pid, "reservedAt": time.time(),
-                                   "parameters": params}
-            out = self._write(DRIVES, dict(cur, status=_drive_status(d, ledger)), status=True)
-            return out, pid, True
+                                   "parameters": params, "uid": uid}
+            out = self._write(DRIVES, dict(cur, status=_drive_status(d, ledger, st.get("tombstones"))), status=True)
+            return out, pid, uid, True
 
-        drive_obj, pid, added = self._retry(f"reserving volume {volume.name}", reserve)
+        drive_obj, pid, uid, added = self._retry(f"reserving volume {volume.name}", reserve)
         node = drive_obj["spec"]["node"]
         body: Obj = {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVVolume",
@@ -686,7 +725,7 @@ class KubeStore:
                          "labels": _labels({LABEL_NODE: node, LABEL_DRIVE: volume.drive_id})},
             "spec": {"name": volume.name, "driveID": volume.drive_id, "node": node, "size": volume.size,
                      "projectID": pid, "parameters": params, "labels": dict(volume.labels),
-                     "createdAt": volume.created_at or time.time()},
+                     "createdAt": volume.created_at or time.time(), **({"uid": uid} if uid else {})},
         }
         # step 2: the volume object
         try:
@@ -793,7 +832,8 @@ class KubeStore:
                     "ask for less, or free space on that drive (volumes cannot move between drives)",
                 )
             ledger[name] = dict(rec, size=new_size)
-            self._write(DRIVES, dict(cur, status=_drive_status(d, ledger)), status=True)
+            self._write(DRIVES, dict(cur, status=_drive_status(d, ledger, cur["status"].get("tombstones"))),
+                        status=True)
 
         self._retry(f"expanding volume {name}", grow_ledger)
 
@@ -816,18 +856,26 @@ class KubeStore:
                                f"{format_size(new_size)} on drive {drive_id} on node {out['spec']['node']}")
         return volume_of(out)
 
-    def _release(self, drive_id: str, name: str, max_reserved_at: Optional[float]) -> bool:
-        """Drop ``name``'s ledger record from its drive (only if reserved before ``max_reserved_at``)."""
+    def _release(self, drive_id: str, name: str, max_reserved_at: Optional[float],
+                 tombstone: Optional[str] = None) -> bool:
+        """Drop ``name``'s ledger record from its drive (only if reserved before ``max_reserved_at``).
+        ``tombstone`` (the volume's uid; "" for a record made before uids): in the same write, leave
+        a tombstone holding its project id, so its node removes the directory (delete_volume)."""
         def op(attempt: int) -> bool:
             cur = self._drive_obj(drive_id, attempt)
             if cur is None or not cur.get("status"):
                 return False
             ledger: Obj = dict(cur["status"].get("volumes") or {})
+            tombs: Obj = dict(cur["status"].get("tombstones") or {})
             rec = ledger.get(name)
             if rec is None or (max_reserved_at is not None and float(rec.get("reservedAt", 0)) > max_reserved_at):
                 return False
             del ledger[name]
-            self._write(DRIVES, dict(cur, status=_drive_status(drive_of(cur), ledger)), status=True)
+            if tombstone is not None:
+                uid = tombstone or str(rec.get("uid", ""))
+                tombs[_tomb_key(name, uid)] = {"name": name, "uid": uid, "projectID": int(rec["projectID"]),
+                                                "size": int(rec["size"]), "deletedAt": time.time()}
+            self._write(DRIVES, dict(cur, status=_drive_status(drive_of(cur), ledger, tombs)), status=True)
             return True
 
         result: bool = self._retry(f"releasing volume {name} on drive {drive_id}", op)
@@ -844,11 +892,133 @@ class KubeStore:
         if gone is None:
             return None
         old = volume_of(gone)
-        self._release(old.drive_id, name, None)
+        self._release(old.drive_id, name, None, tombstone=old.uid)
         self._volume_event(gone, ev.VOLUME_RELEASED, "Release",
                            f"volume {name}: {format_size(old.size)} released on drive {old.drive_id} "
                            f"on node {old.node}")
         return old
+
+    # ------------------------------------------------------------------ tombstones
+    def list_tombstones(self, drive_id: Optional[str] = None) -> Sequence[Tombstone]:
+        if drive_id is not None:
+            obj = self._drives.get(drive_id)
+            return tombstones_of(obj) if obj is not None else []
+        return sorted((t for o in self._drives.all() for t in tombstones_of(o)), key=lambda t: (t.name, t.uid))
+
+    def add_tombstone(self, tombstone: Tombstone) -> Tombstone:
+        if not tombstone.drive_id or not tombstone.name:
+            raise InvalidArgument("a tombstone needs a drive id and a volume name", "name the orphan to remove")
+        out: List[Tombstone] = []
+
+        def op(attempt: int) -> None:
+            cur = self._drive_obj(tombstone.drive_id, attempt)
+            if cur is None or not cur.get("status"):
+                raise NotFound(f"drive {tombstone.drive_id} not found", "list drives to see the known ids")
+            st = cur["status"]
+            live = self.read_volume(tombstone.name)
+            if (live is not None and live.drive_id == tombstone.drive_id) or tombstone.name in (st.get("volumes") or {}):
+                raise FailedPrecondition(f"volume {tombstone.name} is recorded on drive {tombstone.drive_id}",
+                                         "delete it with DeleteVolume (delete its PVC), not as an orphan")
+            tombs: Obj = dict(st.get("tombstones") or {})
+            key = _tomb_key(tombstone.name, tombstone.uid)
+            new = Tombstone(drive_id=tombstone.drive_id, node=(cur.get("spec") or {}).get("node", ""),
+                            name=tombstone.name, uid=tombstone.uid, project_id=tombstone.project_id,
+                            size=tombstone.size, deleted_at=tombstone.deleted_at or time.time())
+            out[:] = [new]
+            if key in tombs:
+                return
+            tombs[key] = {"name": new.name, "uid": new.uid, "projectID": new.project_id, "size": new.size,
+                          "deletedAt": new.deleted_at}
+            self._write(DRIVES, dict(cur, status=dict(st, tombstones=tombs)), status=True)
+
+        self._retry(f"tombstone {tombstone.name} on drive {tombstone.drive_id}", op)
+        return out[0]
+
+    def clear_tombstone(self, drive_id: str, name: str, uid: str) -> bool:
+        def op(attempt: int) -> bool:
+            cur = self._drive_obj(drive_id, attempt)
+            if cur is None or not cur.get("status"):
+                return False
+            tombs: Obj = dict(cur["status"].get("tombstones") or {})
+            if tombs.pop(_tomb_key(name, uid), None) is None:
+                return False
+            st = dict(cur["status"])
+            if tombs:
+                st["tombstones"] = tombs
+            else:
+                st.pop("tombstones", None)
+            self._write(DRIVES, dict(cur, status=st), status=True)
+            return True
+
+        result: bool = self._retry(f"clearing the tombstone of {name} on drive {drive_id}", op)
+        return result
+
+    def restore_volume(self, volume: Volume) -> Volume:
+        check_restored_volume(volume)
+        existing = self.read_volume(volume.name)
+        if existing is not None:
+            if existing.drive_id == volume.drive_id and existing.uid == volume.uid:
+                return existing
+            raise AlreadyExists(f"volume {volume.name} is recorded on drive {existing.drive_id} (uid "
+                                f"{existing.uid}); drive {volume.drive_id} holds another one (uid {volume.uid})",
+                                "both are kept; rename or remove one of them by hand")
+        params = dict(volume.parameters)
+
+        def ledger_op(attempt: int) -> Obj:
+            cur = self._drive_obj(volume.drive_id, attempt)
+            if cur is None or not cur.get("status"):
+                raise NotFound(f"drive {volume.drive_id} is not registered", "register the drive first")
+            st = cur["status"]
+            ledger: Obj = dict(st.get("volumes") or {})
+            rec = ledger.get(volume.name)
+            if rec is not None:
+                if str(rec.get("uid", "")) == volume.uid:
+                    return cur  # an earlier attempt got this far
+                raise AlreadyExists(f"volume {volume.name} is reserved on drive {volume.drive_id} with another uid",
+                                    "both are kept; rename or remove one of them by hand")
+            if volume.project_id in _used_pids(st):
+                raise Conflict(f"volume {volume.name}: project id {volume.project_id} is taken on drive "
+                               f"{volume.drive_id}", "both are kept; look at the drive's volumes")
+            ledger[volume.name] = {"size": volume.size, "projectID": volume.project_id, "reservedAt": time.time(),
+                                   "parameters": params, "uid": volume.uid}
+            return self._write(DRIVES, dict(cur, status=_drive_status(drive_of(cur), ledger, st.get("tombstones"))),
+                               status=True)
+
+        drive_obj = self._retry(f"restoring volume {volume.name}", ledger_op)
+        node = drive_obj["spec"]["node"]
+        body: Obj = {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVVolume",
+            "metadata": {"name": object_name(volume.name), "finalizers": [FINALIZER],
+                         "labels": _labels({LABEL_NODE: node, LABEL_DRIVE: volume.drive_id})},
+            "spec": {"name": volume.name, "driveID": volume.drive_id, "node": node, "size": volume.size,
+                     "projectID": volume.project_id, "parameters": params, "labels": dict(volume.labels),
+                     "createdAt": volume.created_at or time.time(), "uid": volume.uid},
+        }
+        try:
+            out = self._create(VOLUMES, body)
+        except ApiException as e:
+            if _status_code(e) != 409:
+                raise
+            other = self._get(VOLUMES, object_name(volume.name))
+            if other is not None and volume_of(other).uid == volume.uid:
+                return volume_of(other)
+            raise AlreadyExists(f"volume {volume.name} was recorded meanwhile", "both are kept") from e
+        self._volume_event(out, ev.VOLUME_RESTORED, "Restore",
+                           f"volume {volume.name}: {format_size(volume.size)} restored on drive {volume.drive_id} "
+                           f"on node {node} from its on-drive metadata, project id {volume.project_id}")
+        return volume_of(out)
+
+    def report_orphans(self, drive_id: str, names: Sequence[str]) -> None:
+        obj = self._drives.get(drive_id)
+        if obj is None or not names:
+            return
+        meta = obj["metadata"]
+        shown = ", ".join(list(names)[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        self.events.emit(ev.Regarding("DirectPVDrive", meta["name"], meta.get("uid", "")), ev.WARNING,
+                         ev.ORPHAN_VOLUMES, "Probe",
+                         f"drive {drive_id} on node {(obj.get('spec') or {}).get('node', '')} holds {len(names)} "
+                         f"volume director{'y' if len(names) == 1 else 'ies'} no volume record describes ({shown}): "
+                         "kept; restore their records, or remove them with the orphans clean (check mode first)")
 
     # ------------------------------------------------------------------ upkeep
     def check(self) -> List[str]:
@@ -881,7 +1051,7 @@ class KubeStore:
         for obj in self._drives.all():
             for vname in list((obj.get("status") or {}).get("volumes") or {}):
                 if self._get(VOLUMES, object_name(vname)) is None and \
-                        self._release(obj["metadata"]["name"], vname, horizon):
+                        self._release(obj["metadata"]["name"], vname, horizon, tombstone=""):
                     released.append(vname)
         return released
 
