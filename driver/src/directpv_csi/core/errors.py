@@ -6,6 +6,21 @@ modules turn them into ``fail_json`` in one place. The ``hint`` says what to do.
 
 from __future__ import annotations
 
+# Request strings echoed in messages and logs are cut to this many bytes (clip()): a
+# hostile 10 KB id must not push a reply past gRPC's metadata limits.
+CLIP_BYTES = 200
+
+
+def clip(value: object, limit: int = CLIP_BYTES) -> str:
+    """``repr``-free text of ``value`` cut to at most ``limit`` UTF-8 bytes (plus a marker
+    saying how long it was). The one helper for echoing request strings."""
+    text = value if isinstance(value, str) else str(value)
+    raw = text.encode("utf-8", "surrogateescape")
+    if len(raw) <= limit:
+        return text
+    cut = raw[:limit].decode("utf-8", "ignore")
+    return f"{cut}...({len(raw)} bytes)"
+
 
 class DirectPVError(Exception):
     """Base of every error this project raises on purpose."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
-from .errors import InvalidArgument, OutOfRange
+from .errors import InvalidArgument, OutOfRange, clip
 from .scheduler import PLACEMENT_MOST_FREE, PLACEMENTS, Request
 from .units import GiB, format_size
 
@@ -38,10 +38,18 @@ ACCESS_TIERS = ("Default", "Hot", "Warm", "Cold")
 DEFAULT_VOLUME_SIZE = 1 * GiB
 
 MAX_NAME_LENGTH = 128
+# Size limits checked before any store or API call (docs/CSI.md "Limits"). IDs are the names
+# CreateVolume returned (at most MAX_NAME_LENGTH bytes; the CSI spec's 128-byte string limit).
+MAX_ID_BYTES = 128
+MAX_PATH_BYTES = 4096  # PATH_MAX
+MAX_COMPONENT_BYTES = 255  # NAME_MAX
+MAX_PARAMETERS = 128  # entries of a parameters map
+MAX_PARAMETERS_BYTES = 16 * 1024  # keys + values of a parameters map
 # The name becomes a directory on the drive: no slash, no "..", no control characters.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
-_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
+# Every pattern is used with fullmatch: "$" alone would accept a trailing newline.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_LABEL_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+_LABEL_VALUE_RE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
 
 # Access modes by their CSI enum names.
 SINGLE_NODE_MODES = (
@@ -57,18 +65,46 @@ def check_volume_name(name: str, what: str = "volume name") -> str:
     if not name:
         raise InvalidArgument(f"{what} is missing", "pass the volume name")
     if len(name.encode()) > MAX_NAME_LENGTH:
-        raise InvalidArgument(f"{what} {name[:40]!r}... is {len(name.encode())} bytes long",
+        raise InvalidArgument(f"{what} {clip(name, 40)!r} is {len(name.encode())} bytes long",
                               f"use at most {MAX_NAME_LENGTH} bytes")
-    if not _NAME_RE.match(name):
-        raise InvalidArgument(f"{what} {name!r} has characters we cannot use in a directory name",
+    if not _NAME_RE.fullmatch(name):
+        raise InvalidArgument(f"{what} {clip(name)!r} has characters we cannot use in a directory name",
                               "use letters, digits, '.', '_' and '-', starting with a letter or digit")
     return name
 
 
-def check_required(value: str, what: str) -> str:
+def check_required(value: str, what: str, limit: int = MAX_ID_BYTES) -> str:
+    """``value`` when it is set, at most ``limit`` bytes and free of NUL bytes; else InvalidArgument.
+    The default limit is the one of ids (volume_id, node_id)."""
     if not value:
         raise InvalidArgument(f"{what} is missing", f"pass {what}")
+    size = len(value.encode("utf-8", "surrogateescape"))
+    if size > limit:
+        raise InvalidArgument(f"{what} {clip(value, 40)!r} is {size} bytes long", f"pass at most {limit} bytes")
+    if "\0" in value:
+        raise InvalidArgument(f"{what} {clip(value)!r} contains a NUL byte", f"pass a valid {what}")
     return value
+
+
+def check_path_string(value: str, what: str) -> str:
+    """A path from a request: set, at most PATH_MAX bytes, components at most NAME_MAX bytes."""
+    check_required(value, what, MAX_PATH_BYTES)
+    for part in value.split("/"):
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_COMPONENT_BYTES:
+            raise InvalidArgument(f"{what} {clip(value)!r} has a component longer than {MAX_COMPONENT_BYTES} bytes",
+                                  f"use path components of at most {MAX_COMPONENT_BYTES} bytes")
+    return value
+
+
+def check_parameters_size(parameters: Mapping[str, str], what: str = "parameters") -> None:
+    """At most MAX_PARAMETERS entries and MAX_PARAMETERS_BYTES of keys and values."""
+    if len(parameters) > MAX_PARAMETERS:
+        raise InvalidArgument(f"{what} has {len(parameters)} entries", f"pass at most {MAX_PARAMETERS}")
+    size = sum(len(k.encode("utf-8", "surrogateescape")) + len(v.encode("utf-8", "surrogateescape"))
+               for k, v in parameters.items())
+    if size > MAX_PARAMETERS_BYTES:
+        raise InvalidArgument(f"{what} hold {size} bytes of keys and values",
+                              f"pass at most {MAX_PARAMETERS_BYTES} bytes")
 
 
 # A capability as plain data: (access type "mount" | "block" | "", fs_type, access mode enum name).
@@ -95,7 +131,7 @@ def capability_problem(cap: Capability) -> Optional[Tuple[str, str]]:
     if access_type != "mount":
         return ("volume capability has no access type", "set the mount access type")
     if fs_type.lower() not in SUPPORTED_FS_TYPES:
-        return (f"fs_type {fs_type!r} is not supported", "use xfs (or leave fs_type empty)")
+        return (f"fs_type {clip(fs_type)!r} is not supported", "use xfs (or leave fs_type empty)")
     if mode == "UNKNOWN" or not mode:
         return ("volume capability has no access mode", "set an access mode such as SINGLE_NODE_WRITER")
     if mode not in SINGLE_NODE_MODES:
@@ -137,27 +173,27 @@ def parse_parameters(parameters: Mapping[str, str], size: int) -> Request:
         if key == PARAM_ACCESS_TIER:
             match = [t for t in ACCESS_TIERS if t.lower() == value.lower()]
             if not match:
-                raise InvalidArgument(f"parameter {key}={value!r} is not an access tier",
+                raise InvalidArgument(f"parameter {key}={clip(value)!r} is not an access tier",
                                       f"use one of {', '.join(ACCESS_TIERS)}")
             tier = match[0]
         elif key == PARAM_PLACEMENT:
             if value not in PLACEMENTS:
-                raise InvalidArgument(f"parameter {key}={value!r} is not a placement policy",
+                raise InvalidArgument(f"parameter {key}={clip(value)!r} is not a placement policy",
                                       f"use one of {', '.join(PLACEMENTS)}")
             placement = value
         elif key == PARAM_CLAIM:
-            if not value or not _LABEL_NAME_RE.match(value):
-                raise InvalidArgument(f"parameter {key}={value!r} is not a valid claim id",
+            if not value or not _LABEL_NAME_RE.fullmatch(value):
+                raise InvalidArgument(f"parameter {key}={clip(value)!r} is not a valid claim id",
                                       "use 1-63 letters, digits, '.', '_' or '-'")
             claim = value
-        elif not _LABEL_NAME_RE.match(name):
+        elif not _LABEL_NAME_RE.fullmatch(name):
             raise InvalidArgument(
-                f"parameter {key!r} is not a known parameter nor a valid drive label name",
+                f"parameter {clip(key)!r} is not a known parameter nor a valid drive label name",
                 f"use {PARAM_ACCESS_TIER}, {PARAM_PLACEMENT}, {PARAM_CLAIM} or {PREFIX}<label> "
                 "with a label name of 1-63 letters, digits, '.', '_' or '-'",
             )
-        elif not _LABEL_VALUE_RE.match(value):
-            raise InvalidArgument(f"parameter {key}={value!r}: not a valid label value",
+        elif not _LABEL_VALUE_RE.fullmatch(value):
+            raise InvalidArgument(f"parameter {key}={clip(value)!r}: not a valid label value",
                                   "use up to 63 letters, digits, '.', '_' or '-'")
         else:
             labels[name] = value

@@ -25,6 +25,7 @@ from ..core.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    clip,
 )
 from ..core.models import DRIVE_READY, Drive, Volume
 from ..core.scheduler import Refusal, Request, choose, refusal_reason, summarize
@@ -38,6 +39,7 @@ from ..core.validation import (
     capability_problem,
     check_capabilities,
     check_expand,
+    check_parameters_size,
     check_required,
     check_volume_name,
     parse_parameters,
@@ -64,12 +66,23 @@ CAPABILITIES = (
 )
 
 
+def mode_name(cap: csi_pb2.VolumeCapability) -> str:
+    """The access mode's enum name; ``UNKNOWN(<n>)`` for a number this proto does not define
+    (never an exception: capability_problem refuses it as an unsupported mode)."""
+    if not cap.HasField("access_mode"):
+        return ""
+    number = cap.access_mode.mode
+    try:
+        return str(csi_pb2.VolumeCapability.AccessMode.Mode.Name(number))
+    except ValueError:
+        return f"UNKNOWN({number})"
+
+
 def capability_of(cap: csi_pb2.VolumeCapability) -> Capability:
     """Plain ``(access type, fs_type, access mode name)`` of a protobuf capability."""
     kind = cap.WhichOneof("access_type") or ""
     fs_type = cap.mount.fs_type if kind == "mount" else ""
-    mode = csi_pb2.VolumeCapability.AccessMode.Mode.Name(cap.access_mode.mode) if cap.HasField("access_mode") else ""
-    return kind, fs_type, mode
+    return kind, fs_type, mode_name(cap)
 
 
 Segments = Mapping[str, str]
@@ -194,6 +207,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         limit = request.capacity_range.limit_bytes
         size = volume_size(required, limit, self.default_size)
         parameters = dict(request.parameters)
+        check_parameters_size(parameters)
         sched = parse_parameters(parameters, size)
 
         existing = self.store.get_volume(name)
@@ -275,6 +289,8 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
             problem = capability_problem(capability_of(cap))
             if problem:
                 return csi_pb2.ValidateVolumeCapabilitiesResponse(message=f"{problem[0]}; {problem[1]}")
+        check_parameters_size(dict(request.parameters))
+        check_parameters_size(dict(request.volume_context), "volume_context")
         if request.parameters:
             try:
                 parse_parameters(dict(request.parameters), 1)
@@ -297,7 +313,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         if request.starting_token:
             token = request.starting_token
             if not token.startswith(TOKEN_PREFIX) or len(token) == len(TOKEN_PREFIX):
-                raise Aborted(f"starting_token {token!r} was not issued by this plugin",
+                raise Aborted(f"starting_token {clip(token)!r} was not issued by this plugin",
                               "restart the listing without a token")
             after = token[len(TOKEN_PREFIX):]
         limit = request.max_entries
@@ -317,6 +333,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         for cap in request.volume_capabilities:
             if capability_problem(capability_of(cap)):
                 return csi_pb2.GetCapacityResponse(available_capacity=0)
+        check_parameters_size(dict(request.parameters))
         sched = parse_parameters(dict(request.parameters), 0)
         segments = dict(request.accessible_topology.segments) if request.HasField("accessible_topology") else {}
         total, largest = capacity(self._drives_for(segments), sched)

@@ -9,11 +9,19 @@ name taken with other properties -> ALREADY_EXISTS, in flight -> ABORTED, no dri
 with room -> RESOURCE_EXHAUSTED, size out of range -> OUT_OF_RANGE, state conflict
 -> FAILED_PRECONDITION, missing kernel feature -> FAILED_PRECONDITION (the operator
 must change the host), lost optimistic race -> ABORTED (the caller retries),
-anything else -> INTERNAL (logged with its traceback).
+path errors of hostile requests (ENAMETOOLONG, ELOOP) -> INVALID_ARGUMENT, anything else
+-> INTERNAL (logged with its traceback).
+
+Every message is bounded: request strings are cut by ``core.errors.clip`` where they are
+echoed, and the whole message (which is also what is logged) to MAX_MESSAGE_BYTES here.
+gRPC carries it percent-encoded in the ``grpc-message`` trailer, and a client refuses
+trailers past its metadata limit (8 KiB by default): 2 KiB, tripled by the encoding of
+non-ASCII bytes, stays below it.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import time
@@ -49,11 +57,24 @@ def code_of(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+MAX_MESSAGE_BYTES = 2048
+_HINT_BYTES = 512
+
+# OS errors that only a malformed (hostile) path can cause: INVALID_ARGUMENT, not INTERNAL.
+_INVALID_PATH_ERRNOS = (errno.ENAMETOOLONG, errno.ELOOP)
+
+
 def translate(exc: BaseException) -> Tuple[grpc.StatusCode, str]:
-    """``(code, message)`` for ``exc``; the message carries the hint."""
+    """``(code, message)`` for ``exc``; the message carries the hint; at most MAX_MESSAGE_BYTES."""
     if isinstance(exc, e.DirectPVError):
-        return code_of(exc), str(exc)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+        hint = e.clip(exc.hint, _HINT_BYTES)
+        text = e.clip(exc.message, MAX_MESSAGE_BYTES - len(hint.encode()) - 40)
+        return code_of(exc), e.clip(f"{text}; {hint}" if hint else text, MAX_MESSAGE_BYTES)
+    if isinstance(exc, OSError) and exc.errno in _INVALID_PATH_ERRNOS:
+        return grpc.StatusCode.INVALID_ARGUMENT, e.clip(
+            f"{exc.strerror or exc} ({e.clip(exc.filename or '')}); pass a shorter path without symlinks",
+            MAX_MESSAGE_BYTES)
+    return grpc.StatusCode.INTERNAL, e.clip(f"internal error: {type(exc).__name__}: {exc}", MAX_MESSAGE_BYTES)
 
 
 def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
@@ -94,8 +115,11 @@ def rpc(method: F) -> F:
         except Exception as exc:
             if _already_aborted(context):
                 raise
-            log.exception("%s: unexpected error", name)
             code, message = translate(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("%s: unexpected error", name)
+            else:
+                log.warning("%s: %s %s (%.2f ms)", name, code.name, message, (time.perf_counter() - t0) * 1e3)
         else:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("%s: OK (%.2f ms)", name, (time.perf_counter() - t0) * 1e3)
