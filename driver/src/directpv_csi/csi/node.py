@@ -21,10 +21,10 @@ the path or the volume is already gone.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Optional, Sequence
@@ -39,14 +39,18 @@ from ..core.errors import (
     NotFound,
     OutOfRange,
     Unsupported,
+    clip,
 )
 from ..core.models import DRIVE_READY, VOLUME_PENDING, VOLUME_READY, Volume
 from ..core.validation import PREFIX, capability_problem, check_required
 from ..device import mount as _mount
+from ..device import paths as _paths
+from ..node import made as _made
 from ..node import volumes as _volumes
 from ..node.config import NodeConfig
 from ..node.registry import DriveRegistry, MountedDrive
 from ..store.base import Store
+from .controller import mode_name
 from .errors import rpc
 from .inflight import InFlight
 from .proto import csi_pb2, csi_pb2_grpc
@@ -85,8 +89,7 @@ class _Cap:
     def __init__(self, cap: csi_pb2.VolumeCapability, what: str) -> None:
         kind = cap.WhichOneof("access_type") or ""
         fs_type = cap.mount.fs_type if kind == "mount" else ""
-        mode = csi_pb2.VolumeCapability.AccessMode.Mode.Name(cap.access_mode.mode) if cap.HasField(
-            "access_mode") else ""
+        mode = mode_name(cap)
         problem = capability_problem((kind, fs_type, mode))
         if problem:
             raise InvalidArgument(f"{what}: {problem[0]}", problem[1])
@@ -95,7 +98,7 @@ class _Cap:
         for flag in flags:
             if flag not in _MOUNT_FLAGS:
                 raise InvalidArgument(
-                    f"{what}: mount flag {flag!r} is not supported for a bind-mounted volume directory",
+                    f"{what}: mount flag {clip(flag)!r} is not supported for a bind-mounted volume directory",
                     f"use only {', '.join(sorted(_MOUNT_FLAGS))}",
                 )
             bits |= _MOUNT_FLAGS[flag]
@@ -123,6 +126,77 @@ def _capability(request: object, what: str) -> _Cap:
     return found
 
 
+def _shows_fd(fd: int, md: MountedDrive, vol_dir: Path) -> bool:
+    """True when what ``fd`` holds is the volume directory (a bind of it: same device and inode)."""
+    try:
+        st = os.fstat(fd)
+        d = os.stat(vol_dir)
+    except OSError:
+        return False
+    return st.st_dev == d.st_dev == md.st_dev and st.st_ino == d.st_ino
+
+
+def _open_volume_dir(vol_dir: Path) -> int:
+    return os.open(vol_dir, _paths.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+class _Resolved:
+    """A request path resolved by device/paths.py: the held parent directory (reached without
+    symlinks beneath the kubelet dir), the entry name, and where the entry must be (``real``).
+    Every descriptor of the entry it hands out is closed by :meth:`forget` (a held descriptor
+    would keep a mount busy) and on exit."""
+
+    def __init__(self, path: str, parent: int, name: str, real: str) -> None:
+        self.path = path
+        self.parent = parent
+        self.name = name
+        self.real = real
+        self._fds: list[int] = []
+
+    def __enter__(self) -> _Resolved:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.forget()
+        os.close(self.parent)
+
+    def child(self) -> Optional[int]:
+        fd = _paths.open_child(self.parent, self.name)
+        if fd is not None:
+            self._fds.append(fd)
+        return fd
+
+    def forget(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
+
+    def check_place(self, fd: int) -> None:
+        """FailedPrecondition unless the directory ``fd`` holds is still at the requested path
+        (not renamed elsewhere since it was resolved)."""
+        now = _paths.where(fd)
+        if now != self.real:
+            raise FailedPrecondition(f"{clip(self.path)} moved while the call used it (now {clip(now)})",
+                                     "retry the call with a path of plain directories")
+
+    def verify_mounted(self, md: MountedDrive, vol_dir: Path) -> int:
+        """A descriptor of the new mount at the entry; FailedPrecondition unless it shows the volume."""
+        fd = self.child()
+        if fd is None or not _shows_fd(fd, md, vol_dir) or not _mount.is_mount_root_fd(fd):
+            raise FailedPrecondition(f"{clip(self.path)} changed while the volume was mounted there",
+                                     "retry the call")
+        return fd
+
+    def unmount(self) -> None:
+        """Unmount everything stacked at the entry; lazily when busy or the drive is gone."""
+        self.forget()
+        for _ in range(8):
+            try:
+                if not _mount.unmount_child(self.parent, self.name):
+                    return
+            except DirectPVError:
+                _mount.unmount_child(self.parent, self.name, lazy=True)
+
+
 class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     def __init__(self, config: NodeConfig, store: Store, registry: DriveRegistry,
                  *, inflight: Optional[InFlight] = None) -> None:
@@ -133,6 +207,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         self.inflight = inflight if inflight is not None else registry.inflight
         self._quota_warned = False
         self._warn_lock = threading.Lock()
+        self.made = _made.MadeRecords(config.state_dir)  # the target directories this node created
 
     # ------------------------------------------------------------------ helpers
 
@@ -191,25 +266,23 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     def _update(self, name: str, **changes: object) -> None:
         self.store.update_volume(name, None, **changes)
 
-    @staticmethod
-    def _unmount(path: str) -> None:
-        """Unmount everything stacked at ``path``; lazily when busy or the drive is gone."""
-        for _ in range(8):
-            try:
-                if not _mount.unmount(path):
-                    return
-            except DirectPVError:
-                _mount.unmount(path, lazy=True)
-
-    def _path_is_ours(self, path: str) -> bool:
-        """True when ``path`` is a mount point whose filesystem is one of our mounted drives."""
-        try:
-            if not _mount.is_mountpoint(path):
-                return False
-            dev = os.stat(path).st_dev
-        except (OSError, DirectPVError):
-            return False
+    def _ours_dev(self, dev: int) -> bool:
+        """True when ``dev`` is the filesystem of one of our mounted drives."""
         return any(md.st_dev == dev for md in self.registry.mounted_drives())
+
+    def _open(self, path: str, what: str) -> _Resolved:
+        """``path`` (checked by config.check_path) resolved beneath its kubelet dir, symlinks refused."""
+        root = self.config.root_of(path)
+        parts = _paths.split_beneath(root, path, what)
+        parent = _paths.open_dir(root, parts[:-1], what)
+        return _Resolved(path, parent, parts[-1], os.path.join(os.path.realpath(root), *parts))
+
+    def _inside_volume(self, where: _Resolved, what: str) -> None:
+        """InvalidArgument when the parent of ``where`` lies on one of our drives: the path is inside
+        a volume (a staging or target mount, or a drive mount)."""
+        if self._ours_dev(os.fstat(where.parent).st_dev):
+            raise InvalidArgument(f"{what} {clip(where.path)} is inside a volume",
+                                  f"give a {what} outside every staging and target path")
 
     # ------------------------------------------------------------------ stage
 
@@ -221,6 +294,10 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         cap = _capability(request, f"volume {vid}")
         with self.inflight.hold(vid):
             vol = self._local(self._volume(vid))
+            for t in vol.target_paths:
+                if staging == t or staging.startswith(t + "/"):
+                    raise InvalidArgument(f"staging_target_path {clip(staging)} is inside target path {clip(t)}",
+                                          "give a staging path outside every target path")
             md = self._drive(vol)
             vol_dir = _volumes.volume_path(md.mount, vol.name)
             staged_with = vol.labels.get(LABEL_STAGED_WITH, "")
@@ -229,31 +306,51 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                     f"volume {vid} is already staged at {vol.staging_path}, not {staging}",
                     "unstage it there first",
                 )
-            if self._shows(staging, md, vol_dir):
-                if staged_with and staged_with != cap.digest:
-                    raise AlreadyExists(
-                        f"volume {vid} is already staged at {staging} with another volume capability",
-                        "unstage it first, or stage it with the capability it was staged with",
+            try:
+                where = self._open(staging, "staging_target_path")
+            except NotFound:
+                raise FailedPrecondition(
+                    f"the parent directory of staging_target_path {clip(staging)} does not exist",
+                    "the container orchestrator creates the staging directory before NodeStageVolume",
+                ) from None
+            with where:
+                self._inside_volume(where, "staging_target_path")
+                fd = where.child()
+                if fd is None or not stat.S_ISDIR(os.fstat(fd).st_mode):
+                    raise FailedPrecondition(
+                        f"staging_target_path {clip(staging)} does not exist or is not a directory",
+                        "the container orchestrator creates the staging directory before NodeStageVolume",
                     )
-                if vol.staging_path != staging or vol.status != VOLUME_READY or staged_with != cap.digest:
+                if _shows_fd(fd, md, vol_dir):
+                    if staged_with and staged_with != cap.digest:
+                        raise AlreadyExists(
+                            f"volume {vid} is already staged at {staging} with another volume capability",
+                            "unstage it first, or stage it with the capability it was staged with",
+                        )
+                    if vol.staging_path != staging or vol.status != VOLUME_READY or staged_with != cap.digest:
+                        self._update(vid, status=VOLUME_READY, staging_path=staging,
+                                     labels={**vol.labels, LABEL_STAGED_WITH: cap.digest})
+                    return csi_pb2.NodeStageVolumeResponse()
+                if _mount.is_mount_root_fd(fd):
+                    raise FailedPrecondition(f"staging_target_path {clip(staging)} has something else mounted",
+                                             "unmount it first, or stage to another path")
+                where.check_place(fd)
+                if not md.quota:
+                    self._no_quota(md)
+                _volumes.ensure_volume_dir(md.mount, vol, with_quota=md.quota)
+                src = _open_volume_dir(vol_dir)
+                try:
+                    _mount.bind_fd(src, fd)
+                finally:
+                    os.close(src)
+                where.forget()
+                try:
+                    where.verify_mounted(md, vol_dir)
                     self._update(vid, status=VOLUME_READY, staging_path=staging,
                                  labels={**vol.labels, LABEL_STAGED_WITH: cap.digest})
-                return csi_pb2.NodeStageVolumeResponse()
-            if not os.path.isdir(staging):
-                raise FailedPrecondition(
-                    f"staging_target_path {staging} does not exist or is not a directory",
-                    "the container orchestrator creates the staging directory before NodeStageVolume",
-                )
-            if not md.quota:
-                self._no_quota(md)
-            _volumes.ensure_volume_dir(md.mount, vol, with_quota=md.quota)
-            _mount.bind(str(vol_dir), staging)
-            try:
-                self._update(vid, status=VOLUME_READY, staging_path=staging,
-                             labels={**vol.labels, LABEL_STAGED_WITH: cap.digest})
-            except BaseException:
-                _mount.unmount(staging)  # not recorded: do not leave it mounted
-                raise
+                except BaseException:
+                    where.unmount()  # not recorded: do not leave it mounted
+                    raise
         return csi_pb2.NodeStageVolumeResponse()
 
     @rpc
@@ -270,17 +367,70 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                 if busy:
                     raise FailedPrecondition(f"volume {vid} is still published at {', '.join(busy)}",
                                              "unpublish it first (NodeUnpublishVolume)")
-                if self._shows(staging, md, vol_dir):
-                    self._unmount(staging)
-            elif vol is not None:
-                if vol.staging_path == staging:
-                    self._unmount(staging)  # drive not mounted here (lost): release the stale bind anyway
-            elif self._path_is_ours(staging):
-                self._unmount(staging)  # record gone: release a bind of one of our drives
+            self._teardown(vid, vol, md, staging, "staging_target_path")
+            # The staging directory belongs to the container orchestrator: never removed here.
             if vol is not None and vol.staging_path == staging:
                 labels = {k: v for k, v in vol.labels.items() if k != LABEL_STAGED_WITH}
                 self._update(vid, status=VOLUME_PENDING, staging_path="", labels=labels)
         return csi_pb2.NodeUnstageVolumeResponse()
+
+    def _teardown(self, vid: str, vol: Optional[Volume], md: Optional[MountedDrive], path: str, what: str,
+                  remove_made: bool = False) -> None:
+        """Unmount ``path`` when it shows volume ``vol`` (or, record gone, one of our drives; or,
+        drive lost, it is a recorded path of ``vol``); then, with ``remove_made``, rmdir it when
+        this node made it for this volume. Anything else there is left alone."""
+        try:
+            where = self._open(path, what)
+        except NotFound:
+            if remove_made:
+                self.made.remove(path)
+            return  # nothing there
+        with where:
+            fd = where.child()
+            if fd is None:
+                if remove_made:
+                    self.made.remove(path)
+                return
+            if vol is not None and md is not None:
+                ours = _shows_fd(fd, md, _volumes.volume_path(md.mount, vol.name))
+            elif vol is not None:  # drive lost: the mount may not even stat
+                recorded = path == vol.staging_path or path in vol.target_paths
+                ours = recorded and _mount.is_mount_root_fd(fd)
+            else:  # record gone: a bind of one of our drives
+                ours = _mount.is_mount_root_fd(fd) and self._ours_dev(os.fstat(fd).st_dev)
+            where.forget()
+            if ours:
+                where.unmount()
+            if remove_made:
+                self._remove_made(where, vid)
+
+    def _remove_made(self, where: _Resolved, volume_id: str) -> None:
+        rec = self.made.get(where.path)
+        if rec is None:
+            return  # not made by this node: left alone (a kubelet file, someone else's directory)
+        if rec.volume_id != volume_id:
+            log.warning("%s was made for volume %s, not %s: left alone", clip(where.path), rec.volume_id,
+                        clip(volume_id))
+            return
+        fd = where.child()
+        if fd is None:
+            self.made.remove(where.path)
+            return
+        st = os.fstat(fd)
+        mounted = _mount.is_mount_root_fd(fd)
+        where.forget()
+        if (st.st_dev, st.st_ino) != (rec.dev, rec.ino) or not stat.S_ISDIR(st.st_mode):
+            log.warning("%s is no longer the directory this node made: left alone", clip(where.path))
+            self.made.remove(where.path)
+            return
+        if mounted:
+            log.warning("target path %s is still a mount point of something else: left alone", clip(where.path))
+            return
+        if _paths.rmdir_child(where.parent, where.name) or where.child() is None:
+            self.made.remove(where.path)
+        else:
+            log.warning("target path %s is not empty after unmount: left alone", clip(where.path))
+            where.forget()
 
     # ------------------------------------------------------------------ publish
 
@@ -294,50 +444,101 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
             raise FailedPrecondition(f"volume {vid}: staging_target_path is not set",
                                      "this driver has STAGE_UNSTAGE_VOLUME: stage the volume first")
         staging = self.config.check_path(request.staging_target_path, "staging_target_path")
+        if target == staging or target.startswith(staging + "/"):
+            raise InvalidArgument(f"target_path {clip(target)} is the staging path or inside it",
+                                  "give a target path outside the staging path")
+        if staging.startswith(target + "/"):
+            raise InvalidArgument(f"staging_target_path {clip(staging)} is inside target_path {clip(target)}",
+                                  "give a target path outside the staging path")
         read_only = request.readonly or cap.read_only
         with self.inflight.hold(vid):
             vol = self._local(self._volume(vid))
             md = self._drive(vol)
             vol_dir = _volumes.volume_path(md.mount, vol.name)
-            if vol.staging_path != staging or not self._shows(staging, md, vol_dir):
-                raise FailedPrecondition(f"volume {vid} is not staged at {staging}",
+            if vol.staging_path != staging:
+                raise FailedPrecondition(f"volume {vid} is not staged at {clip(staging)}",
                                          "call NodeStageVolume with this staging_target_path first")
-            if self._shows(target, md, vol_dir):
-                if self._read_only(target) != read_only:
+            try:
+                src = self._open(staging, "staging_target_path")
+            except NotFound:
+                raise FailedPrecondition(f"volume {vid} is not staged at {clip(staging)}",
+                                         "call NodeStageVolume with this staging_target_path first") from None
+            with src:
+                sfd = src.child()
+                if sfd is None or not _shows_fd(sfd, md, vol_dir):
+                    raise FailedPrecondition(f"volume {vid} is not staged at {clip(staging)}",
+                                             "call NodeStageVolume with this staging_target_path first")
+                try:
+                    where = self._open(target, "target_path")
+                except NotFound:
+                    raise FailedPrecondition(
+                        f"the parent directory of target_path {clip(target)} does not exist",
+                        "the container orchestrator creates the parent of the target path",
+                    ) from None
+                with where:
+                    self._inside_volume(where, "target_path")
+                    self._publish_at(vol, md, vol_dir, cap, read_only, sfd, where)
+        return csi_pb2.NodePublishVolumeResponse()
+
+    def _publish_at(self, vol: Volume, md: MountedDrive, vol_dir: Path, cap: _Cap, read_only: bool, sfd: int,
+                    where: _Resolved) -> None:
+        vid, target = vol.name, where.path
+        fd = where.child()
+        if fd is not None:
+            st = os.fstat(fd)
+            if stat.S_ISLNK(st.st_mode):
+                raise InvalidArgument(f"target_path {clip(target)} is a symlink",
+                                      "give a target path that does not exist or is a plain directory")
+            if _shows_fd(fd, md, vol_dir):
+                if bool(os.fstatvfs(fd).f_flag & os.ST_RDONLY) != read_only:
                     mode = "read-only" if not read_only else "read-write"
                     raise AlreadyExists(f"volume {vid} is already published {mode} at {target}",
                                         "unpublish it first, or publish it with the same readonly flag")
                 self._record_target(vol, target, read_only)
-                return csi_pb2.NodePublishVolumeResponse()
-            if cap.mode == "SINGLE_NODE_SINGLE_WRITER":
-                others = [t for t in vol.target_paths if t != target and self._shows(t, md, vol_dir)]
-                if others:
-                    raise FailedPrecondition(
-                        f"volume {vid} (SINGLE_NODE_SINGLE_WRITER) is already published at {', '.join(others)}",
-                        "a ReadWriteOncePod volume is published at one target path at a time",
-                    )
-            try:
-                os.mkdir(target, 0o750)
-            except FileExistsError:
-                if not os.path.isdir(target):
-                    raise FailedPrecondition(f"target_path {target} exists and is not a directory",
-                                             "remove it; the driver creates the target directory") from None
-            except FileNotFoundError:
+                return
+            if not stat.S_ISDIR(st.st_mode):
+                raise FailedPrecondition(f"target_path {clip(target)} exists and is not a directory",
+                                         "remove it; the driver creates the target directory")
+            if _mount.is_mount_root_fd(fd):
+                raise FailedPrecondition(f"target_path {clip(target)} already has something else mounted",
+                                         "unmount it first, or publish to another target path")
+        if cap.mode == "SINGLE_NODE_SINGLE_WRITER":
+            others = [t for t in vol.target_paths if t != target and self._shows(t, md, vol_dir)]
+            if others:
                 raise FailedPrecondition(
-                    f"the parent directory of target_path {target} does not exist",
-                    "the container orchestrator creates the parent of the target path",
-                ) from None
-            _mount.bind(staging, target, read_only=read_only)
+                    f"volume {vid} (SINGLE_NODE_SINGLE_WRITER) is already published at {', '.join(others)}",
+                    "a ReadWriteOncePod volume is published at one target path at a time",
+                )
+        made = False
+        if fd is None:
+            # made and recorded before anything is mounted on it: teardown removes exactly this one
+            made = _paths.mkdir_child(where.parent, where.name, 0o750)
+            fd = where.child()
+            if fd is None or not stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise FailedPrecondition(f"target_path {clip(target)} changed while it was being created",
+                                         "retry the call")
+            if made:
+                st = os.fstat(fd)
+                self.made.add(_made.Made(path=target, volume_id=vid, kind="dir", dev=st.st_dev, ino=st.st_ino))
+        try:
+            where.check_place(fd)
+            _mount.bind_fd(sfd, fd)
+            where.forget()
             try:
-                if cap.extra_bits:
-                    flags = _mount.MS_BIND | _mount.MS_REMOUNT | cap.extra_bits | (
-                        _mount.MS_RDONLY if read_only else 0)
-                    _mount.mount("", target, None, flags=flags)
+                mfd = where.verify_mounted(md, vol_dir)
+                flags = cap.extra_bits | (_mount.MS_RDONLY if read_only else 0)
+                if flags:
+                    _mount.remount_bind_fd(mfd, flags)
+                where.forget()
                 self._record_target(vol, target, read_only)
             except BaseException:
-                _mount.unmount(target)
+                where.forget()
+                where.unmount()
                 raise
-        return csi_pb2.NodePublishVolumeResponse()
+        except BaseException:
+            if made:
+                self._remove_made(where, vid)
+            raise
 
     def _record_target(self, vol: Volume, target: str, read_only: bool) -> None:
         targets = tuple(sorted({*vol.target_paths, target}))
@@ -356,39 +557,11 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         with self.inflight.hold(vid):
             vol = self.store.get_volume(vid)
             md = self.registry.mounted(vol.drive_id) if vol is not None else None
-            if vol is not None and md is not None:
-                ours = self._shows(target, md, _volumes.volume_path(md.mount, vol.name))
-            elif vol is not None:
-                ours = target in vol.target_paths  # drive lost: the path may not even stat
-            else:
-                ours = self._path_is_ours(target)  # record gone: a bind of one of our drives
-            if ours:
-                self._unmount(target)
-            self._remove_target(target)
+            self._teardown(vid, vol, md, target, "target_path", remove_made=True)
             if vol is not None and (target in vol.target_paths or target in vol.read_only_targets):
                 self._update(vid, target_paths=tuple(t for t in vol.target_paths if t != target),
                              read_only_targets=tuple(t for t in vol.read_only_targets if t != target))
         return csi_pb2.NodeUnpublishVolumeResponse()
-
-    @staticmethod
-    def _remove_target(target: str) -> None:
-        """The spec: the SP deletes the directory it created at the target path."""
-        try:
-            if _mount.is_mountpoint(target):
-                log.warning("target path %s is still a mount point of something else: left alone", target)
-                return
-            os.rmdir(target)
-        except FileNotFoundError:
-            pass
-        except NotFound:
-            pass
-        except OSError as exc:
-            if exc.errno == errno.ENOTEMPTY:
-                log.warning("target path %s is not empty after unmount: left alone", target)
-            elif exc.errno == errno.ENOTDIR:
-                os.unlink(target)
-            else:
-                raise
 
     # ------------------------------------------------------------------ expand / stats
 

@@ -23,6 +23,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 from ..core.errors import FailedPrecondition, InvalidArgument, NotFound
 from ..core.models import Device
 from .mountinfo import MountInfo, parse_mountinfo
+from .paths import fd_path
 
 # <sys/mount.h>
 MS_RDONLY = 1
@@ -79,6 +80,7 @@ _OPTION_FLAGS = {
 
 # statx(2)
 _AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
 _AT_SYMLINK_NOFOLLOW = 0x100
 _AT_NO_AUTOMOUNT = 0x800
 _STATX_BASIC_STATS = 0x7FF
@@ -196,14 +198,13 @@ class _Statx:
     dev: Tuple[int, int]
 
 
-def _statx(path: str) -> Optional[_Statx]:
+def _statx(path: str, dir_fd: int = _AT_FDCWD) -> Optional[_Statx]:
     lib = _lib()
     if not hasattr(lib, "statx"):
         return None
     buf = ctypes.create_string_buffer(256)
-    rc = lib.statx(
-        _AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW | _AT_NO_AUTOMOUNT, _STATX_BASIC_STATS | _STATX_MNT_ID, buf
-    )
+    flags = _AT_SYMLINK_NOFOLLOW | _AT_NO_AUTOMOUNT | (_AT_EMPTY_PATH if not path else 0)
+    rc = lib.statx(dir_fd, os.fsencode(path), flags, _STATX_BASIC_STATS | _STATX_MNT_ID, buf)
     if rc != 0:
         err = ctypes.get_errno()
         if err == errno.ENOENT:
@@ -237,6 +238,56 @@ def is_mountpoint(path: str) -> bool:
         return st.mount_root
     real = os.path.realpath(path)
     return any(m.mount_point == real for m in mounts())
+
+
+def is_mount_root_fd(fd: int) -> bool:
+    """True when the object ``fd`` holds (an O_PATH descriptor is enough) is the root of a mount."""
+    st = _statx("", fd)
+    if st is not None and st.mount_root is not None:
+        return st.mount_root
+    return is_mountpoint(fd_path(fd))  # old kernel: through the magic link (realpath of it)
+
+
+def bind_fd(source_fd: int, target_fd: int) -> None:
+    """Bind-mount what ``source_fd`` holds on what ``target_fd`` holds (both resolved and checked
+    by the caller, e.g. with device/paths.py): the mount lands on exactly the checked directory,
+    whatever happens to the path strings meanwhile. Read-only and other flags: :func:`remount_bind_fd`
+    on a descriptor opened *after* this call (one of the new mount)."""
+    lib = _lib()
+    if lib.mount(os.fsencode(fd_path(source_fd)), os.fsencode(fd_path(target_fd)), None, ctypes.c_ulong(MS_BIND),
+                 None) != 0:
+        raise _fail("bind", ctypes.get_errno(), fd_path(source_fd), fd_path(target_fd))
+
+
+def remount_bind_fd(mount_fd: int, flags: int) -> None:
+    """``MS_BIND|MS_REMOUNT|flags`` on the bind mount whose root ``mount_fd`` holds (read-only
+    keeps nosuid/nodev/noexec/atime bits as :func:`bind` does)."""
+    extra = 0
+    if flags & MS_RDONLY:
+        keep = os.statvfs(fd_path(mount_fd)).f_flag
+        for st_bit, ms_bit in _ST_KEEP:
+            if keep & st_bit:
+                extra |= ms_bit
+    if _lib().mount(None, os.fsencode(fd_path(mount_fd)), None, ctypes.c_ulong(MS_BIND | MS_REMOUNT | flags | extra),
+                    None) != 0:
+        raise _fail("remount of bind", ctypes.get_errno(), "", fd_path(mount_fd))
+
+
+def unmount_child(dir_fd: int, name: str, lazy: bool = False) -> bool:
+    """umount2 of the topmost mount on entry ``name`` of the directory ``dir_fd`` holds: the parent
+    is the checked one, and the entry itself is never followed as a symlink (UMOUNT_NOFOLLOW).
+    The caller must hold no descriptor inside that mount (it would be busy). True when unmounted,
+    False when nothing is mounted there."""
+    if not name or "/" in name or name in (".", ".."):
+        raise InvalidArgument(f"{name!r} is not one path component", "give an entry name")
+    path = fd_path(dir_fd) + "/" + name
+    flags = UMOUNT_NOFOLLOW | (MNT_DETACH if lazy else 0)
+    if _lib().umount2(os.fsencode(path), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOENT):
+        return False
+    raise _fail("unmount", err, "", path)
 
 
 def mount_of(path: str) -> Optional[MountInfo]:

@@ -8,7 +8,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.errors import InvalidArgument
+from ..core.errors import InvalidArgument, clip
+from ..core.validation import check_path_string
 
 TOPOLOGY_NODE_KEY = "directpv.dev/node"
 DEFAULT_STATE_DIR = Path("/var/lib/directpv-csi")
@@ -88,18 +89,34 @@ class NodeConfig:
                 return _no_symlink_below(prefix, norm[len(prefix):])
         return False
 
+    def root_of(self, path: str) -> str:
+        """The kubelet dir that normalised ``path`` lies strictly under (check_path first)."""
+        for root in self.kubelet_dirs:
+            prefix = str(root).rstrip("/") + "/"
+            if path.startswith(prefix):
+                return str(root)
+        raise InvalidArgument(f"{clip(path)!r} is not under an allowed kubelet directory", "check the path first")
+
     def check_path(self, path: str, what: str) -> str:
-        """``path`` normalised, or InvalidArgument naming ``what`` and the allowed roots."""
+        """``path`` normalised, or InvalidArgument naming ``what`` and the allowed roots. This
+        checks the string (and refuses symlinks seen now); device/paths.py resolves it safely."""
         if not path:
             raise InvalidArgument(f"{what} is missing", f"give the {what} (an absolute path)")
+        check_path_string(path, what)
         if not os.path.isabs(path):
-            raise InvalidArgument(f"{what} {path!r} is not absolute", f"give an absolute {what}")
-        if "\0" in path or ".." in path.split("/"):
-            raise InvalidArgument(f"{what} {path!r} contains '..' or a NUL byte", f"give a plain absolute {what}")
-        if not self.path_allowed(path):
+            raise InvalidArgument(f"{what} {clip(path)!r} is not absolute", f"give an absolute {what}")
+        if ".." in path.split("/"):
+            raise InvalidArgument(f"{what} {clip(path)!r} contains '..'", f"give a plain absolute {what}")
+        try:
+            allowed = self.path_allowed(path)
+        except OSError as exc:  # ENAMETOOLONG, ELOOP, EACCES of the lstat walk
+            raise InvalidArgument(f"{what} {clip(path)!r}: {exc.strerror}", f"give a plain absolute {what}") from None
+        if not allowed:
             roots = ", ".join(str(r) for r in self.kubelet_dirs) or "(none configured)"
             raise InvalidArgument(
-                f"{what} {path!r} is not under an allowed kubelet directory ({roots})",
-                "use a path under the kubelet directory, or add its root to the node's --kubelet-dir",
+                f"{what} {clip(path)!r} is not under an allowed kubelet directory ({roots}), or passes "
+                "through a symlink there",
+                "use a path of plain directories under the kubelet directory, or add its root to the "
+                "node's --kubelet-dir",
             )
         return os.path.normpath(path)
