@@ -5,6 +5,11 @@
 The store is ``STATE_DIR/store.sqlite``; drives formatted by us are found by the
 node's drive registry and mounted under ``STATE_DIR/mnt/<drive id>``. Any CSI
 orchestrator (or `directpv-csi client`) can use the socket.
+
+One server per state directory: `standalone` and `node` take an exclusive ``flock`` on
+``STATE_DIR/lock`` before anything in it is read or written; a second server on the same
+directory exits with a message naming the first one's pid and changes nothing. Read-only
+users (`client info --state-dir`) open the store read-only and take no lock.
 """
 
 from __future__ import annotations
@@ -140,6 +145,37 @@ def build(args: argparse.Namespace) -> Any:
     return store, registry, [identity, controller, node], identity
 
 
+LOCK_FILE = "lock"
+
+
+def lock_state_dir(state_dir: str) -> int:
+    """Take the state directory's exclusive lock (held until the returned fd is closed or the
+    process exits). Another holder -> FailedPrecondition naming its pid; nothing is changed."""
+    import fcntl
+
+    from ..core.errors import FailedPrecondition
+
+    state = os.path.abspath(state_dir)
+    os.makedirs(state, exist_ok=True)
+    path = os.path.join(state, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise FailedPrecondition(
+            f"another directpv-csi server (pid {holder}) is using state directory {state}",
+            "stop it first, or give this server its own --state-dir (two servers on one state "
+            "directory would both hand out the same drive space)") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def _topology(items: List[str]) -> Dict[str, str]:
     from ..core.errors import InvalidArgument
 
@@ -175,8 +211,11 @@ def run(args: argparse.Namespace) -> int:
     store: Any = None
     observe: Any = None
     reconcile_metrics: Any = None
+    lock_fd = -1
     try:
         _check_observe_args(args)
+        if args.role != "controller":  # before anything in the state directory is read or written
+            lock_fd = lock_state_dir(args.state_dir)
         store, registry, servicers, identity = build(args)
         if args.metrics_address:
             # binds now: a taken port fails here, before anything starts
@@ -192,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
             observe.stop()
         if store is not None:
             store.close()
+        if lock_fd >= 0:
+            os.close(lock_fd)
         return 1
     drives: List[Any] = list(store.list_drives())
     log.info("serving %s on %s (%d drive(s) in the store)", "csi.directpv.dev", address, len(drives))
@@ -215,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
         if registry is not None:
             registry.stop()
         store.close()
+        if lock_fd >= 0:
+            os.close(lock_fd)
 
     serve(server, on_stop=stop)
     return 0
