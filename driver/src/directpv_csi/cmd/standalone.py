@@ -224,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
         initializer = _init_requests(args, store, registry)
         if registry is not None:
             registry.start(args.sync_interval)
+        uevents = _uevents(registry)
         server, address = create_server(endpoint, *servicers, max_workers=args.workers)
     except DirectPVError as exc:
         print(f"directpv-csi {args.role}: {exc}", file=sys.stderr)
@@ -245,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
     reconciler = _reconciler(args, store, reconcile_metrics)
 
     def stop() -> None:
+        if uevents is not None:
+            uevents.stop()
         if initializer is not None:
             initializer.stop()
         if reporter is not None:
@@ -261,6 +264,17 @@ def run(args: argparse.Namespace) -> int:
 
     serve(server, on_stop=stop)
     return 0
+
+
+def _uevents(registry: Any) -> Any:
+    """Block-device uevents make the registry sync at once (node/uevents.py); the periodic scan
+    (--sync-interval) stays as the fallback, and alone when no monitor can run here."""
+    if registry is None:
+        return None
+    from ..node.uevents import UeventMonitor
+
+    monitor = UeventMonitor(registry.request_sync)
+    return monitor if monitor.start() else None
 
 
 def _node_reporter(args: argparse.Namespace, store: Any, registry: Any) -> Any:
