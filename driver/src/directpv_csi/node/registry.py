@@ -6,7 +6,18 @@ metadata file (drive id = filesystem UUID), mounts each at
 records it in the store: Ready with its current kernel name and capacity; Lost
 when a drive recorded for this node is absent; Error when it is present but
 cannot be used (I/O error, mount failure, the same drive id on several devices).
-It then removes the directories of volumes whose record no longer exists.
+
+The store decides every deletion: after each sync the node moves to the drive's
+trash (``.deleted/``) only the directories of volumes the store holds a tombstone
+for (DeleteVolume), clears the tombstone, and empties the trash. A volume
+directory with neither a record nor a tombstone is an **orphan**: kept, reported
+(``orphans()``, the log, the store's Event, metrics), removed only when an operator
+records a tombstone for it (``directpv-csi client orphans --clean``).
+
+A drive the store does not know at all (state dir deleted, CRDs re-created, a drive
+brought from elsewhere) gets its volumes' records restored from their on-drive
+metadata files (node/volumes.py) when it is registered; an existing record is never
+over-written (conflicts are logged and the directory kept).
 
 The CSI node server reads drive mounts from memory (``drive_mount``): no probe
 on the hot path. ``start()`` re-syncs in a thread; a cheap fingerprint of
@@ -24,10 +35,11 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
 from ..core.errors import DirectPVError
-from ..core.models import DRIVE_ERROR, DRIVE_LOST, DRIVE_READY, DRIVE_REMOVED, Device, Drive, Volume
+from ..core.models import DRIVE_ERROR, DRIVE_LOST, DRIVE_READY, DRIVE_REMOVED, Device, Drive, Tombstone, Volume
 from ..csi.inflight import InFlight
 from ..device import mount as _mount
 from ..store.base import Store
+from . import orphans as _orphans
 from . import volumes as _volumes
 from .config import NodeConfig
 
@@ -87,6 +99,9 @@ class DriveRegistry:
         self.on_probe: Optional[Callable[[Sequence[Device]], object]] = None
         self.synced_once = False
         self.last_error = ""
+        self._orphans: Dict[str, tuple[str, ...]] = {}  # drive id -> orphan names (last gc)
+        self.restored: list[str] = []  # drive_id/name of every volume this process restored
+        self.restore_conflicts: list[str] = []
 
     # --- read side (hot path) ------------------------------------------------------
 
@@ -167,10 +182,13 @@ class DriveRegistry:
         mounted: Dict[str, MountedDrive] = {}
         out: Dict[str, Drive] = {}
 
+        unknown: list[str] = []
         for drive_id, devs in sorted(by_id.items()):
             old = recorded.get(drive_id)
             if old is None:
                 other = self.store.get_drive(drive_id)
+                if other is None:
+                    unknown.append(drive_id)
                 if other is not None and other.node != self.config.node_id:
                     log.warning(
                         "drive %s on %s is recorded for node %s, not %s: left alone (move its record first)",
@@ -220,7 +238,31 @@ class DriveRegistry:
         with self._lock:
             self._mounted = mounted
             self._records = dict(out)
+        for drive_id in unknown:
+            md = mounted.get(drive_id)
+            if md is not None and self.store.get_drive(drive_id) is not None:
+                self._restore(md)
         return sorted(out.values(), key=lambda d: d.drive_id)
+
+    def _restore(self, md: MountedDrive) -> None:
+        """Record the volumes a newly registered drive holds, from their metadata files. Never
+        over-writes a record; a conflict is logged and the directory kept (an orphan)."""
+        for name in _volumes.list_volume_metas(md.mount):
+            try:
+                meta = _volumes.read_volume_meta(md.mount, name)
+                if meta is None:
+                    continue
+                vol = _volumes.volume_of_meta(meta, md.drive_id, self.config.node_id)
+                if vol.name != name:
+                    raise DirectPVError(f"metadata file {name}.json names volume {vol.name}",
+                                        "look at the file; the directory is kept")
+                self.store.restore_volume(vol)
+                self.restored.append(f"{md.drive_id}/{name}")
+                log.warning("restored volume %s (%d bytes, project id %d) on drive %s from its on-drive metadata",
+                            name, vol.size, vol.project_id, md.drive_id)
+            except DirectPVError as exc:
+                self.restore_conflicts.append(f"{md.drive_id}/{name}: {exc}")
+                log.error("volume %s on drive %s not restored (its data is kept): %s", name, md.drive_id, exc)
 
     def _attach(self, dev: Device, drive_id: str, old: Optional[Drive]) -> tuple[Drive, Optional[MountedDrive]]:
         from ..device.format import read_metadata
@@ -239,8 +281,10 @@ class DriveRegistry:
             res = _mount.mount_drive(dev, str(target), quota=True)
             meta = read_metadata(str(target))
             if meta is None:
-                raise DirectPVError(f"{dev.name} carries our label but no metadata file (format incomplete?)",
-                                    "format the drive again with force to finish it")
+                raise DirectPVError(f"{dev.name} carries our label but no .directpv/meta.json (an interrupted "
+                                    "format, or a drive made by another tool)",
+                                    "nothing on it is touched; run the drive module on it without force: it "
+                                    "finishes an interrupted format of ours and refuses anyone else's drive")
             meta_id = str(meta.get("drive_id", drive_id)).lower()
             if meta_id != drive_id:
                 raise DirectPVError(f"metadata of {dev.name} names drive {meta_id}, its filesystem is {drive_id}",
@@ -285,71 +329,127 @@ class DriveRegistry:
         except (DirectPVError, OSError) as exc:
             log.warning("cannot unmount %s of lost drive %s: %s", target, drive_id, exc)
 
-    # --- garbage collection -------------------------------------------------------
+    # --- deletion (tombstones only) and orphans ------------------------------------
 
     def release_volume(self, volume: Volume, caller_holds: bool = False) -> bool:
-        """Remove a deleted volume's directory now (the controller's DeleteVolume hook in
-        standalone mode). False when its drive is not mounted here or a node call holds
-        the volume; the periodic ``gc`` then removes it later. ``caller_holds``: the
-        caller already holds the volume in this registry's in-flight table (DeleteVolume
-        with the shared table): ``ControllerServicer(store, on_delete=lambda v:
-        registry.release_volume(v, caller_holds=True))``."""
+        """Move a deleted volume's directory to the trash now (the controller's DeleteVolume hook
+        in standalone mode), consuming the tombstone DeleteVolume left. False when its drive is
+        not mounted here, a node call holds the volume or there is no tombstone; the periodic
+        ``gc`` then does it later. ``caller_holds``: the caller already holds the volume in this
+        registry's in-flight table (DeleteVolume with the shared table): ``ControllerServicer(store,
+        on_delete=lambda v: registry.release_volume(v, caller_holds=True))``."""
         md = self._mounted.get(volume.drive_id)
         if md is None or volume.node != self.config.node_id:
+            return False
+        tomb = next((t for t in self.store.list_tombstones(md.drive_id)
+                     if t.name == volume.name and t.uid == volume.uid), None)
+        if tomb is None:
             return False
         if not caller_holds and not self.inflight.try_acquire(volume.name):
             return False
         try:
-            current = self.store.read_volume(volume.name)  # data is removed only for a confirmed miss
-            if current is not None and current.drive_id == md.drive_id:
-                return False  # recreated meanwhile: it is live again
-            if not _volumes.volume_path(md.mount, volume.name).is_dir():
-                return False
-            pids = {v.project_id for v in self.store.list_volumes(drive_id=md.drive_id)}
-            _volumes.release_volume_dir(md.mount, volume.name, md.quota, pids)
-            log.info("released volume directory %s on drive %s", volume.name, md.drive_id)
-            return True
+            moved = self._consume(md, tomb)
+            _volumes.purge_trash(md.mount)
+            return moved
         except (DirectPVError, OSError) as exc:
-            log.warning("cannot release volume directory %s on drive %s (gc retries): %s",
+            log.warning("cannot move volume directory %s on drive %s to the trash (gc retries): %s",
                         volume.name, md.drive_id, exc)
             return False
         finally:
             if not caller_holds:
                 self.inflight.release(volume.name)
 
+    def _consume(self, md: MountedDrive, tomb: Tombstone) -> bool:
+        """Act on one tombstone: move the directory of the tombstoned incarnation (and its metadata
+        file) to the trash, then clear the tombstone. A directory that belongs to another
+        incarnation (another uid in its metadata), or to the volume recorded live under that name
+        now, is left alone. True when something was moved to the trash."""
+        path = _volumes.volume_path(md.mount, tomb.name)
+        meta = _volumes.read_volume_meta(md.mount, tomb.name)
+        dir_uid = str(meta.get("uid", "")) if meta is not None else ""
+        live = self.store.read_volume(tomb.name)  # a confirmed read: never trash a live volume's data
+        ours = True
+        if live is not None and live.drive_id == md.drive_id and (not dir_uid or dir_uid == live.uid):
+            ours = False  # the name lives again on this drive and the directory is (or may be) the live one's
+        elif dir_uid and tomb.uid and dir_uid != tomb.uid:
+            ours = False  # another incarnation's directory: not this tombstone's to remove
+        moved = False
+        if ours and (path.is_dir() or meta is not None):
+            pids = {v.project_id for v in self.store.list_volumes(drive_id=md.drive_id)}
+            rel = _volumes.move_to_trash(md.mount, tomb.name, tomb.uid, md.quota, pids)
+            moved = bool(rel.moved)
+            if moved:
+                log.info("moved volume directory %s (uid %s) on drive %s to the trash (deleted in the store)",
+                         tomb.name, tomb.uid or "-", md.drive_id)
+        self.store.clear_tombstone(md.drive_id, tomb.name, tomb.uid)
+        return moved
+
     def gc(self) -> list[str]:
-        """Remove the directories of volumes released in the store (DeleteVolume). Returns
-        ``drive_id/name`` of each directory removed."""
+        """Consume this node's tombstones (move each deleted volume's directory to its drive's
+        trash, clear the tombstone), empty the trash, write missing metadata files of live
+        volumes, and report orphans. Never removes anything the store did not mark. Returns
+        ``drive_id/name`` of each directory moved to the trash."""
         removed = []
         for md in self.mounted_drives():
             try:
-                names = _volumes.list_volume_dirs(md.mount)
                 _volumes.purge_trash(md.mount)
-            except OSError as exc:
-                log.warning("cannot list volumes on drive %s: %s", md.drive_id, exc)
+                tombs = self.store.list_tombstones(md.drive_id)
+            except (DirectPVError, OSError) as exc:
+                log.warning("cannot empty the trash of drive %s: %s", md.drive_id, exc)
                 continue
-            if not names:
-                continue
-            live = self.store.list_volumes(drive_id=md.drive_id)
-            live_names = {v.name for v in live}
-            for name in names:
-                if name in live_names:
-                    continue
-                if not self.inflight.try_acquire(name):
-                    continue  # a node call is working on it; next round
+            consumed = False
+            for tomb in tombs:
+                if not self.inflight.try_acquire(tomb.name):
+                    continue  # a node call is working on that name; next round
                 try:
-                    vol = self.store.read_volume(name)  # data is removed only for a confirmed miss
-                    if vol is not None and vol.drive_id == md.drive_id:
-                        continue
-                    pids = {v.project_id for v in self.store.list_volumes(drive_id=md.drive_id)}
-                    _volumes.release_volume_dir(md.mount, name, md.quota, pids)
-                    removed.append(f"{md.drive_id}/{name}")
-                    log.info("released volume directory %s on drive %s", name, md.drive_id)
+                    if self._consume(md, tomb):
+                        removed.append(f"{md.drive_id}/{tomb.name}")
+                    consumed = True
                 except (DirectPVError, OSError) as exc:
-                    log.warning("cannot release volume directory %s on drive %s: %s", name, md.drive_id, exc)
+                    log.warning("cannot move volume directory %s on drive %s to the trash: %s",
+                                tomb.name, md.drive_id, exc)
                 finally:
-                    self.inflight.release(name)
+                    self.inflight.release(tomb.name)
+            try:
+                if consumed:
+                    _volumes.purge_trash(md.mount)
+                self._upkeep(md)
+            except (DirectPVError, OSError) as exc:
+                log.warning("cannot check the volumes of drive %s: %s", md.drive_id, exc)
         return removed
+
+    def _upkeep(self, md: MountedDrive) -> None:
+        """Metadata files for live volumes whose directory exists (volumes made before the files
+        existed, sizes grown since); orphans found and reported when the set changes."""
+        names = set(_volumes.list_volume_dirs(md.mount))
+        live = {v.name: v for v in self.store.list_volumes(drive_id=md.drive_id)}
+        for name in sorted(names & set(live)):
+            vol = live[name]
+            if not vol.uid or not self.inflight.try_acquire(name):
+                continue
+            try:
+                meta = _volumes.read_volume_meta(md.mount, name)
+                if meta is None or (str(meta.get("uid", "")) == vol.uid and _volumes.volume_meta(vol, meta) != meta):
+                    _volumes.write_volume_meta(md.mount, vol, meta)
+            except (DirectPVError, OSError) as exc:
+                log.warning("cannot write the metadata of volume %s on drive %s: %s", name, md.drive_id, exc)
+            finally:
+                self.inflight.release(name)
+        found = tuple(o.name for o in _orphans.find(self.store, md.drive_id, md.mount, node=self.config.node_id))
+        if self._orphans.get(md.drive_id, ()) != found:
+            self._orphans[md.drive_id] = found
+            if found:
+                log.warning("drive %s holds %d orphan volume director%s (no record, no tombstone; kept): %s",
+                            md.drive_id, len(found), "y" if len(found) == 1 else "ies", ", ".join(found))
+                try:
+                    self.store.report_orphans(md.drive_id, found)
+                except DirectPVError as exc:
+                    log.warning("cannot report the orphans of drive %s: %s", md.drive_id, exc)
+
+    def orphans(self) -> Dict[str, tuple[str, ...]]:
+        """Orphan volume directories per mounted drive, as the last gc found them."""
+        mounted = {md.drive_id for md in self.mounted_drives()}
+        return {d: names for d, names in self._orphans.items() if names and d in mounted}
 
     # --- background loop ----------------------------------------------------------
 
