@@ -12,6 +12,7 @@ RBAC) are shared, so each test leaves them as a fresh install would.
 from __future__ import annotations
 
 import importlib.util
+import os
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
@@ -298,3 +299,118 @@ def test_uninstall_refuses_with_volumes_keeps_crds_unless_dangerous(
     assert dangerous.rc == 0, dangerous.failures() or dangerous.stderr
     for name in crd_names:
         assert not _exists(kube, "apiextensions.k8s.io/v1", "CustomResourceDefinition", name), f"{name} kept"
+
+
+# --- Rendering only (no API server): scheduling, node plugin options, the sidecars' RBAC ---
+
+def _render_local(playbook: Callable[..., Run], inventory: Callable[..., Path], out: Path,
+                  **variables: Any) -> Run:
+    inv = inventory({"localhost": {}}, {"directpv_install_render_only": True,
+                                        "directpv_install_render_dir": str(out), **variables})
+    return playbook("install.yml", inv)
+
+
+def _workloads(out: Path) -> Dict[str, Dict[str, Any]]:
+    docs = [yaml.safe_load(f.read_text()) for f in sorted(out.glob("*.yaml"))]
+    return {d["kind"]: d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("DaemonSet", "Deployment")}
+
+
+def test_directpv_style_scheduling_strings_are_converted_per_workload(
+    playbook: Callable[..., Run], inventory: Callable[..., Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "rendered"
+    run = _render_local(
+        playbook, inventory, out,
+        directpv_node_selector="directpv.dev/storage=yes, example.com/zone=z1",
+        directpv_tolerations="node-role.kubernetes.io/control-plane:NoSchedule,dedicated=storage:NoExecute,k=v",
+        directpv_controller_node_selector={"kubernetes.io/os": "linux"},
+        directpv_controller_tolerations=[{"key": "x", "operator": "Exists"}],
+    )
+    assert run.rc == 0, run.failures() or run.stderr
+    spec = _workloads(out)
+    node, controller = spec["DaemonSet"], spec["Deployment"]
+    assert node["nodeSelector"] == {"directpv.dev/storage": "yes", "example.com/zone": "z1"}
+    assert node["tolerations"] == [
+        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "dedicated", "operator": "Equal", "value": "storage", "effect": "NoExecute"},
+        {"key": "k", "operator": "Equal", "value": "v"},
+    ]
+    assert controller["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert controller["tolerations"] == [{"key": "x", "operator": "Exists"}]
+
+
+@pytest.mark.parametrize("variables, words", [
+    ({"directpv_node_selector": "a=b,c"}, ["directpv_node_plugin_node_selector", "key=value"]),
+    ({"directpv_tolerations": "k=v:Sometimes"}, ["NoSchedule", "effect"]),
+    ({"directpv_controller_tolerations": "a:b:c"}, ["directpv_controller_tolerations"]),
+    ({"directpv_controller_node_selector": {"zone": True}}, ["controller Deployment", "label values"]),
+    ({"directpv_node_plugin_node_selector": {"bad key": "v"}}, ["node DaemonSet", "label keys"]),
+    ({"directpv_tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}, ["Exists takes no value"]),
+    ({"directpv_tolerations": [{"key": "k", "operatr": "Exists"}]}, ["only key, operator"]),
+    ({"directpv_tolerations": {"key": "k"}}, ["list of toleration objects"]),
+])
+def test_invalid_scheduling_is_refused_before_anything_is_rendered(
+    playbook: Callable[..., Run], inventory: Callable[..., Path], tmp_path: Path,
+    variables: Dict[str, Any], words: List[str],
+) -> None:
+    out = tmp_path / "rendered"
+    run = _render_local(playbook, inventory, out, **variables)
+    assert run.rc != 0
+    message = " ".join(_item_failures(run))
+    for word in words:
+        assert word in message, message
+    assert not list(out.glob("*.yaml")), "rendered despite invalid input"
+
+
+def test_node_plugin_registers_itself_by_default_upstream_sidecars_optional(
+    playbook: Callable[..., Run], inventory: Callable[..., Path], tmp_path: Path
+) -> None:
+    run = _render_local(playbook, inventory, tmp_path / "builtin", directpv_node_allow_loop=True,
+                        directpv_node_devices=["/dev/loop7", "loop8"], directpv_kubelet_dir="/var/lib/k0s/kubelet")
+    assert run.rc == 0, run.failures() or run.stderr
+    node = _workloads(tmp_path / "builtin")["DaemonSet"]
+    assert [c["name"] for c in node["containers"]] == ["node"]
+    args = node["containers"][0]["args"]
+    assert "--registration-dir=/var/lib/k0s/kubelet/plugins_registry" in args
+    assert "--kubelet-registration-path=/var/lib/k0s/kubelet/plugins/csi.directpv.dev/csi.sock" in args
+    assert "--allow-loop" in args and "--device=/dev/loop7" in args and "--device=loop8" in args
+    assert node["containers"][0]["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    udev = next(m for m in node["containers"][0]["volumeMounts"] if m["mountPath"] == "/run/udev")
+    assert udev["readOnly"] is True
+    assert "registration-dir" not in {v["name"] for v in node["volumes"]}
+
+    run = _render_local(playbook, inventory, tmp_path / "upstream", directpv_node_upstream_sidecars=True)
+    assert run.rc == 0, run.failures() or run.stderr
+    node = _workloads(tmp_path / "upstream")["DaemonSet"]
+    assert [c["name"] for c in node["containers"]] == ["node-driver-registrar", "liveness-probe", "node"]
+    args = node["containers"][2]["args"]
+    assert not [a for a in args if a.startswith(("--registration-dir", "--allow-loop", "--device"))]
+
+
+def _release_rbac(module: str, version: str) -> List[Dict[str, Any]]:
+    """Rules of the ClusterRole and Role in a sidecar release's deploy/kubernetes/rbac.yaml (from the Go
+    module cache that scripts/build-kube-tools.sh fills)."""
+    gopath = Path(os.environ.get("GOPATH") or Path.home() / ".cache" / "directpv-csi" / "gopath")
+    path = gopath / "pkg/mod/github.com/kubernetes-csi" / f"{module}@{version}" / "deploy/kubernetes/rbac.yaml"
+    if not path.exists():
+        pytest.skip(f"{path} missing: scripts/build-kube-tools.sh downloads the sidecar modules")
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] in ("ClusterRole", "Role")]
+    return [rule for d in docs for rule in d["rules"]]
+
+
+@pytest.mark.parametrize("module, version", [("external-provisioner/v6", "v6.3.0"), ("external-resizer/v2", "v2.3.0")])
+def test_controller_rbac_covers_what_each_sidecar_release_asks_for(
+    playbook: Callable[..., Run], inventory: Callable[..., Path], tmp_path: Path, module: str, version: str
+) -> None:
+    wanted = _release_rbac(module, version)
+    out = tmp_path / "rendered"
+    run = _render_local(playbook, inventory, out)
+    assert run.rc == 0, run.failures() or run.stderr
+    docs = [yaml.safe_load(f.read_text()) for f in sorted(out.glob("*.yaml"))]
+    granted = {(g, r, v) for d in docs
+               if d["kind"] in ("ClusterRole", "Role") and d["metadata"]["name"] == "directpv-controller"
+               for rule in d["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    missing = [(g, r, v) for rule in wanted for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+               if g != "snapshot.storage.k8s.io"  # no snapshots in this driver
+               and (g, r, v) not in granted]
+    assert not missing, f"{module} {version} needs {missing}"
