@@ -15,5 +15,5 @@ PY=${PYTHON:-.venv/bin/python}
   --python_out=driver/src \
   --pyi_out=driver/src \
   --grpc_python_out=driver/src \
-  directpv_csi/csi/proto/csi.proto
-echo "gen-proto: regenerated driver/src/directpv_csi/csi/proto/csi_pb2{,_grpc}.py and csi_pb2.pyi"
+  directpv_csi/csi/proto/csi.proto directpv_csi/csi/proto/pluginregistration.proto
+echo "gen-proto: regenerated driver/src/directpv_csi/csi/proto/{csi,pluginregistration}_pb2{,_grpc}.py and *_pb2.pyi"

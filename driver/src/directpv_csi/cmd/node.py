@@ -21,7 +21,34 @@ HELP = "serve CSI Identity + Node for this node on the Kubernetes store (the nod
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     standalone.add_arguments(p, role="node")
+    p.add_argument("--registration-dir", default="", metavar="DIR",
+                   help="register with the kubelet through its plugin-registration API on a socket in DIR "
+                        "(<kubelet dir>/plugins_registry); '' (default): a node-driver-registrar does it")
+    p.add_argument("--kubelet-registration-path", default="", metavar="PATH",
+                   help="the CSI socket as the kubelet sees it on the host (default: the --endpoint path)")
 
 
 def run(args: argparse.Namespace) -> int:
-    return standalone.run(args)
+    registration = None
+    if args.registration_dir or args.kubelet_registration_path:  # csi/registration.py
+        import sys
+
+        from ..core.errors import DirectPVError, InvalidArgument
+        from ..csi.registration import KubeletRegistration
+        from ..csi.server import socket_path
+
+        try:
+            if not args.registration_dir:
+                raise InvalidArgument("--kubelet-registration-path needs --registration-dir",
+                                      "give the kubelet's plugins_registry directory")
+            csi = socket_path(args.endpoint)
+            registration = KubeletRegistration(args.registration_dir, args.kubelet_registration_path or csi, csi)
+            registration.start()  # registers once the CSI socket answers
+        except DirectPVError as exc:
+            print(f"directpv-csi node: {exc}", file=sys.stderr)
+            return 1
+    try:
+        return standalone.run(args)
+    finally:
+        if registration is not None:
+            registration.stop()  # the socket goes: the kubelet deregisters the driver
