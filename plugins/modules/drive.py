@@ -13,10 +13,17 @@ short_description: Make a block device a DirectPV drive, or release it
 version_added: 0.1.0
 description:
   - O(state=present) formats the device as a DirectPV drive (C(mkfs.xfs) with a new drive ID as filesystem
-    UUID and the C(DIRECTPV) label, then writes C(.directpv/meta.json)), or adopts it unchanged when it
-    already is one of ours.
+    UUID and the C(DIRECTPV-CSI) label, then writes C(.directpv/meta.json)), or adopts it unchanged when it
+    already is one of ours (also a drive of an earlier version - label C(DIRECTPV) with our C(.directpv/meta.json)).
+  - A MinIO DirectPV drive (label C(DIRECTPV), C(.FSUUID.*) link, C(.directpv/meta.info)) is never adopted,
+    and never formatted while it holds volume directories, even with O(force). Its files are read without
+    writing (an existing mount, or a private read-only mount without log replay).
+  - A device whose filesystem holds files is formatted only with O(force); the plan (RV(plan.destroys)) says
+    what is destroyed - filesystem, label, files and directories counted read-only, bytes.
   - O(state=absent) releases a drive of ours - unmounts it and, only with O(wipe=true), erases our XFS
-    signature (C(wipefs --all --types xfs)). It refuses while volumes live on the drive.
+    signature (C(wipefs --all --types xfs)). It refuses while volumes live on the drive, while it carries any
+    per-volume metadata (C(.directpv/volumes/)), and while the store holds volumes on it (O(store_volumes)).
+  - Changes block devices - needs root (C(become)); fails early with a hint otherwise.
   - Refuses, naming every reason, a device that is mounted, held, swap, the root disk, read-only,
     too small, a loop device without O(allow_loop), or that changed since O(expected_token) was taken.
     A device holding a filesystem or partition table is formatted only with O(force).
@@ -70,9 +77,10 @@ options:
     type: str
   label:
     description:
-      - Filesystem label marking our drives.
+      - Filesystem label marking our drives (at most 12 characters). C(DIRECTPV) is refused - MinIO DirectPV
+        uses it.
     type: str
-    default: DIRECTPV
+    default: DIRECTPV-CSI
   reflink:
     description:
       - Make the filesystem with reflink on or off. Default - on when C(mkfs.xfs) supports it.
@@ -82,6 +90,15 @@ options:
       - With O(state=absent), erase our XFS signature after unmounting, so the device is free again.
     type: bool
     default: false
+  store_volumes:
+    description:
+      - With O(state=absent) and O(wipe=true) - the names of the volumes the store (the cluster's
+        C(DirectPVVolume) objects, or the embedded store) holds on this drive, as the
+        P(directpv.csi.drives#role) role reads them. The wipe is refused while it is not empty - a reserved
+        volume that was never staged has no directory yet.
+      - With O(safe_mode=true), O(wipe=true) needs it (an empty list when the store holds none).
+    type: list
+    elements: str
 """
 
 EXAMPLES = r"""
@@ -118,6 +135,11 @@ plan:
     metadata:
       description: The metadata written to C(.directpv/meta.json) (format only).
       type: dict
+    destroys:
+      description:
+        - What the format erases, counted read-only - C(filesystem), C(label), C(fs_uuid), C(files),
+          C(directories), C(data_bytes), C(used_bytes), C(summary). Empty when the device holds no filesystem.
+      type: dict
 drive:
   description: The drive after the run (O(state=present)).
   returned: when state is present
@@ -141,9 +163,7 @@ device:
   type: str
 """
 
-import contextlib
 import os
-import tempfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -158,9 +178,12 @@ from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.errors
     DeviceRefused,
     FailedPrecondition,
 )
+from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.identity import KIND_DIRECTPV, OUR_LABEL
+from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.judge import is_ours
 from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.models import Device
-from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.units import parse_size
+from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.units import format_size, parse_size
 from ansible_collections.directpv.csi.plugins.module_utils._directpv.device import mount as _mount
+from ansible_collections.directpv.csi.plugins.module_utils._directpv.device import ondisk
 from ansible_collections.directpv.csi.plugins.module_utils._directpv.device.format import (
     META_DIR,
     execute_format,
@@ -183,9 +206,10 @@ def argspec() -> Dict[str, Any]:
         safe_mode={"type": "bool", "default": True},
         expected_token={"type": "str", "no_log": False},
         drive_id={"type": "str"},
-        label={"type": "str", "default": "DIRECTPV"},
+        label={"type": "str", "default": OUR_LABEL},
         reflink={"type": "bool"},
         wipe={"type": "bool", "default": False},
+        store_volumes={"type": "list", "elements": "str"},
     )
     return spec
 
@@ -197,7 +221,7 @@ def snapshot(dev: Device, label: str) -> Dict[str, Any]:
         "filesystem": dev.fs_type,
         "label": dev.fs_label,
         "fs_uuid": dev.fs_uuid,
-        "directpv_drive": dev.fs_type == "xfs" and dev.fs_label == label,
+        "directpv_drive": is_ours(dev, label),
         "mountpoints": list(dev.mountpoints),
     }
 
@@ -253,33 +277,19 @@ def present(module: Any) -> Dict[str, Any]:
     return result
 
 
-@contextlib.contextmanager
-def mounted_ro(dev: Device) -> Any:
-    """The drive's root directory: an existing mount point, else a private read-only mount."""
-    for mp in dev.mountpoints:
-        m = _mount.mount_of(mp)
-        if m is not None and m.root == "/" and (m.major, m.minor) == (dev.major, dev.minor):
-            yield mp
-            return
-    tmp = tempfile.mkdtemp(prefix="directpv-release-")
-    try:
-        _mount.mount(dev.dev_path, tmp, "xfs", options=("ro",))
-        try:
-            yield tmp
-        finally:
-            _mount.unmount(tmp)
-    finally:
-        with contextlib.suppress(OSError):
-            os.rmdir(tmp)
-
-
-def drive_content(dev: Device) -> Tuple[List[str], List[str]]:
-    """(volume directories, other entries) at the root of a drive of ours."""
-    with mounted_ro(dev) as root:
+def drive_content(dev: Device) -> Tuple[List[str], List[str], List[str]]:
+    """(volume directories, per-volume metadata files, other entries) at the root of a drive of
+    ours, read through its mount or a private read-only mount (the log replayed: it is ours, and
+    an entry only the log holds must count)."""
+    with ondisk.readonly_root(dev, replay_log=True) as root:
         entries = sorted(os.listdir(root))
         volumes = [e for e in entries if not e.startswith(".") and os.path.isdir(os.path.join(root, e))]
         other = [e for e in entries if e not in OUR_ENTRIES and e not in volumes]
-    return volumes, other
+        try:
+            vmeta = sorted(os.listdir(os.path.join(root, META_DIR, ondisk.VOLUME_META_DIR)))
+        except FileNotFoundError:
+            vmeta = []
+    return volumes, vmeta, other
 
 
 def ours(dev: Device, label: str) -> Optional[Device]:
@@ -294,17 +304,47 @@ def absent(module: Any) -> Dict[str, Any]:
     result: Dict[str, Any] = {"device": dev.dev_path}
     drive = ours(dev, p["label"])
     if drive is None:
+        if dev.drive_kind == KIND_DIRECTPV:
+            c = dev.contents
+            held = f"{c.volume_dirs} volume director(ies), {format_size(c.used_bytes)} in use" if c else "?"
+            what = f"{dev.dev_path} is a MinIO DirectPV drive ({held}), not one of ours"
+            if p["wipe"]:
+                raise FailedPrecondition(
+                    f"refusing to wipe {what}",
+                    "it is released through DirectPV (or taken over by the migration path), never wiped here",
+                )
+            result.update(changed=False, plan={"action": "none", "commands": []}, msg=f"{what}: nothing to release")
+            return result
         result.update(
             changed=False,
             plan={"action": "none", "commands": []},
             msg=f"{dev.dev_path} is not a DirectPV drive; nothing to release",
         )
         return result
-    volumes, other = drive_content(drive)
+    if p["wipe"] and p["store_volumes"]:
+        names = sorted(p["store_volumes"])
+        raise FailedPrecondition(
+            f"refusing to wipe drive {drive.fs_uuid} ({dev.dev_path}): the store holds {len(names)} volume(s) on it: "
+            + ", ".join(names[:10]),
+            "delete those volumes (their PVCs) first; a reserved volume has no directory until it is first used",
+        )
+    if p["wipe"] and p["store_volumes"] is None and p["safe_mode"]:
+        raise FailedPrecondition(
+            f"safe_mode: refusing to wipe drive {drive.fs_uuid} ({dev.dev_path}) without the store's answer",
+            "pass store_volumes (the volumes the store holds on the drive; the directpv.csi.drives role reads "
+            "them), or set safe_mode: false",
+        )
+    volumes, vmeta, other = drive_content(drive)
     if volumes:
         raise FailedPrecondition(
             f"drive {drive.fs_uuid} ({dev.dev_path}) still holds {len(volumes)} volume(s): {', '.join(volumes[:10])}",
             "delete those volumes (their PVCs) first; the drive is released only when empty",
+        )
+    if p["wipe"] and vmeta:
+        raise FailedPrecondition(
+            f"refusing to wipe drive {drive.fs_uuid} ({dev.dev_path}): it carries metadata of {len(vmeta)} volume(s) "
+            f"in {META_DIR}/{ondisk.VOLUME_META_DIR}: {', '.join(vmeta[:10])}",
+            "those volumes can be restored from it; delete them through the cluster first",
         )
     if p["wipe"] and other and p["safe_mode"]:
         raise FailedPrecondition(
@@ -348,6 +388,13 @@ def absent(module: Any) -> Dict[str, Any]:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argspec(), supports_check_mode=True)
+    if os.geteuid() != 0:
+        module.fail_json(
+            msg=f"directpv.csi.drive reads and changes block devices and needs root (running as uid {os.geteuid()})",
+            hint="run the task with become: true (the playbooks: -e directpv_become=true, or --become)",
+            error="NotRoot",
+        )
+        return
     if module.params["state"] == "present":
         run(module, lambda: present(module))
     else:

@@ -72,6 +72,8 @@ options:
     description:
       - Refuse implicitly destructive selections - a filter-picked device holding a filesystem is
         rejected even with O(force).
+      - Whatever this option, a filter never picks a device whose filesystem holds files (counted read-only)
+        or could not be read - only a device named in O(drives) with C(force) is formatted over its contents.
     type: bool
     default: true
   strict_ids:
@@ -170,6 +172,7 @@ from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.select
     requests_from_drives_yaml,
     select,
 )
+from ansible_collections.directpv.csi.plugins.module_utils._directpv.device import ondisk
 from ansible_collections.directpv.csi.plugins.module_utils._directpv.device.probe import probe
 
 
@@ -222,6 +225,15 @@ def choose(params: Dict[str, Any]) -> Dict[str, Any]:
     except InvalidArgument as exc:
         raise InvalidArgument(f"node {node}: {exc.message}", exc.hint) from None
     devices, verdicts = judged(probe(), params)
+    if params["auto_select"]:
+        # A filter may pick a device holding a filesystem only when it holds no files: count them (read-only)
+        # for the candidates that need it, never for mounted or unusable devices.
+        counted = [
+            ondisk.inspect(d) if d.fs_type and verdicts[d.name].available_with_force and not filters.mismatch(d) else d
+            for d in devices
+        ]
+        if counted != devices:
+            devices, verdicts = judged(counted, params)
     selection = select(
         devices,
         verdicts,

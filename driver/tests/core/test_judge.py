@@ -46,7 +46,11 @@ def test_plain_disk_is_available() -> None:
         ({"name": "md5", "transport": "md", "md_level": "raid1"}, m.REASON_NOT_DISK),
         ({"name": "zram1", "transport": "zram"}, m.REASON_NOT_DISK),
         ({"name": "ram0", "transport": "ram"}, m.REASON_NOT_DISK),
-        ({"fs_type": "xfs", "fs_label": "DIRECTPV", "fs_uuid": "u"}, m.REASON_OURS),
+        ({"fs_type": "xfs", "fs_label": "DIRECTPV-CSI", "fs_uuid": "u"}, m.REASON_OURS),
+        ({"fs_type": "xfs", "fs_label": "DIRECTPV", "fs_uuid": "u", "drive_kind": "directpv-csi-v1"}, m.REASON_OURS),
+        ({"fs_type": "xfs", "fs_label": "DIRECTPV", "fs_uuid": "u"}, m.REASON_UNVERIFIED),
+        ({"fs_type": "xfs", "fs_label": "DIRECTPV", "drive_kind": "unverified"}, m.REASON_UNVERIFIED),
+        ({"fs_type": "xfs", "fs_label": "DIRECTPV", "drive_kind": "minio-directpv"}, m.REASON_DIRECTPV),
         ({"fs_type": "ext4", "fs_uuid": "u"}, m.REASON_HAS_FILESYSTEM),
         ({"fs_type": "xfs", "fs_label": "other"}, m.REASON_HAS_FILESYSTEM),
         ({"fs_type": "LVM2_member"}, m.REASON_HAS_FILESYSTEM),
@@ -107,8 +111,50 @@ def test_forceable_only_for_filesystem_and_partition_table() -> None:
     assert all(r.forceable for r in v.reasons)
     v = judge([disk(fs_type="xfs", mountpoints=("/mnt",))])["sdx"]
     assert not v.available_with_force
-    v = judge([disk(fs_type="xfs", fs_label="DIRECTPV")])["sdx"]
+    v = judge([disk(fs_type="xfs", fs_label="DIRECTPV-CSI")])["sdx"]
     assert [r.forceable for r in v.reasons] == [False], "ours is adopted, never formatted again by force"
+
+
+def _directpv(**kw: Any) -> Device:
+    return disk(fs_type="xfs", fs_label="DIRECTPV", fs_uuid="0a1b", drive_kind="minio-directpv", **kw)
+
+
+def test_directpv_drive_with_volumes_is_never_forceable_and_says_what_it_holds() -> None:
+    v = judge([_directpv(contents=m.Contents(used_bytes=3 * MiB, volume_dirs=2))])["sdx"]
+    assert [(r.code, r.forceable) for r in v.reasons] == [(m.REASON_DIRECTPV, False)]
+    text = v.reasons[0].text
+    assert "MinIO DirectPV drive" in text and "2 volume directories" in text and "3 MiB" in text
+    assert "migration" in text and "format" not in text.replace("formatted while", "")
+    # Contents unknown: it may hold volumes, so it is never formatted either.
+    assert [r.forceable for r in judge([_directpv()])["sdx"].reasons] == [False]
+
+
+def test_empty_directpv_drive_is_a_filesystem_with_data() -> None:
+    c = m.Contents(files=1, directories=1, used_bytes=MiB, walked=True)
+    v = judge([_directpv(contents=c)])["sdx"]
+    assert [(r.code, r.forceable) for r in v.reasons] == [(m.REASON_DIRECTPV, True), (m.REASON_HAS_DATA, True)]
+
+
+def test_directpv_label_is_never_ours_unless_the_files_say_so() -> None:
+    for kind in ("", "unverified", "unclaimed", "minio-directpv"):
+        dev = disk(fs_type="xfs", fs_label="DIRECTPV", drive_kind=kind)
+        assert m.REASON_OURS not in codes([dev], "sdx"), kind
+    for kind in ("directpv-csi-v1", "directpv-csi-imported"):
+        assert codes([disk(fs_type="xfs", fs_label="DIRECTPV", drive_kind=kind)], "sdx") == [m.REASON_OURS]
+
+
+def test_data_on_a_filesystem_is_a_reason_only_once_counted() -> None:
+    assert codes([disk(fs_type="ext4")], "sdx") == [m.REASON_HAS_FILESYSTEM]
+    empty = m.Contents(walked=True)
+    assert codes([disk(fs_type="ext4", contents=empty)], "sdx") == [m.REASON_HAS_FILESYSTEM]
+    full = m.Contents(files=12, directories=3, data_bytes=5 * MiB, used_bytes=6 * MiB, walked=True)
+    v = judge([disk(fs_type="ext4", contents=full)])["sdx"]
+    assert [r.code for r in v.reasons] == [m.REASON_HAS_FILESYSTEM, m.REASON_HAS_DATA]
+    assert "12 file(s), 3 directories, 5 MiB in files, 6 MiB in use" in v.reasons[1].text
+    assert v.available_with_force
+    # Could not be read (LVM, LUKS...): counted as data.
+    v = judge([disk(fs_type="LVM2_member", inspect_error="cannot mount")])["sdx"]
+    assert [r.code for r in v.reasons] == [m.REASON_HAS_FILESYSTEM, m.REASON_HAS_DATA]
 
 
 def test_partitioned_disk_refused_but_its_free_partition_usable() -> None:

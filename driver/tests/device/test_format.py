@@ -180,7 +180,7 @@ def test_existing_filesystem_needs_force(loopdev: Callable[..., str], mkfs: List
     err = refused(dev, allow_loop=True)
     assert err.reasons == ("has-filesystem",)
     assert fstype in str(err) and old_uuid in str(err)
-    assert "set force" in err.hint
+    assert "force" in err.hint and "destroy" in err.hint
     plan = fmt.plan_format(dev, allow_loop=True, force=True)
     assert plan.forced_reasons == ("has-filesystem",)
     assert plan.commands[0][-2:] == ["-f", dev]
@@ -188,7 +188,7 @@ def test_existing_filesystem_needs_force(loopdev: Callable[..., str], mkfs: List
     done = fmt.execute_format(plan)
     after = blkid(dev)
     assert after["TYPE"] == "xfs" and after["UUID"] == done.drive_id == plan.drive_id != old_uuid
-    assert after["LABEL"] == "DIRECTPV"
+    assert after["LABEL"] == "DIRECTPV-CSI"
 
 
 # --- staleness ------------------------------------------------------------------------------
@@ -261,7 +261,7 @@ def test_dry_run_returns_the_plan_and_runs_nothing(loopdev: Callable[..., str]) 
     assert isinstance(plan, fmt.FormatPlan)
     assert fingerprint(dev) == before
     assert plan.drive_id == drive_id and not plan.adopt
-    expected = ["mkfs.xfs", "-i", "maxpct=50", "-m", f"uuid={drive_id}", "-L", "DIRECTPV"]
+    expected = ["mkfs.xfs", "-i", "maxpct=50", "-m", f"uuid={drive_id}", "-L", "DIRECTPV-CSI"]
     if fmt.mkfs_supports_reflink():
         expected += ["-m", "reflink=1"]
     assert plan.commands == [[*expected, dev]]  # no -f without force
@@ -279,7 +279,7 @@ def test_format_then_adopt_is_idempotent(loopdev: Callable[..., str], mounts_mad
     assert my_mounts(dev) == []  # the private temporary mount is gone
     sb = read_xfs_superblock(dev)
     assert sb.uuid == done.drive_id == done.fs_uuid == blkid(dev)["UUID"]
-    assert sb.imax_pct == 50 and sb.label == "DIRECTPV"
+    assert sb.imax_pct == 50 and sb.label == "DIRECTPV-CSI"
     assert done.capacity == sb.capacity
     meta = done.metadata
     assert meta["drive_id"] == done.drive_id and meta["fs_uuid"] == done.drive_id
@@ -326,7 +326,7 @@ def test_adopt_writes_missing_metadata(loopdev: Callable[..., str], mounts_made:
     """A format interrupted after mkfs.xfs (our label and UUID, no meta.json) is completed on adoption."""
     dev = loopdev(SIZE)
     drive_id = str(uuid.uuid4())
-    subprocess.run(["mkfs.xfs", "-q", "-m", f"uuid={drive_id}", "-L", "DIRECTPV", dev], check=True)
+    subprocess.run(["mkfs.xfs", "-q", "-m", f"uuid={drive_id}", "-L", "DIRECTPV-CSI", dev], check=True)
     adopted = fmt.execute_format(fmt.plan_format(dev, allow_loop=True, owner="c1"))
     assert adopted.adopted and adopted.drive_id == drive_id and adopted.metadata_written
     mp = mounts_made(dev)

@@ -126,11 +126,11 @@ def test_signatures_from_device_nodes(fixtures_dir: Path, tmp_path: Path) -> Non
     image = root / "dev" / loops[0]
     image.parent.mkdir(exist_ok=True)  # git keeps no empty directory: a fresh clone has no vm1/dev
     subprocess.run(["truncate", "-s", "300M", str(image)], check=True)
-    subprocess.run(["mkfs.xfs", "-q", "-L", "DIRECTPV", str(image)], check=True)
+    subprocess.run(["mkfs.xfs", "-q", "-L", "DIRECTPV-CSI", str(image)], check=True)
     (root / "dev" / "vda").mkdir()  # a node that cannot be read (EISDIR): fields empty, probe still succeeds
     errors: Dict[str, str] = {}
     got = {d.name: d for d in _probe_host(root, run_blkid=False, errors=errors)}
-    assert got[loops[0]].fs_type == "xfs" and got[loops[0]].fs_label == "DIRECTPV" and len(got[loops[0]].fs_uuid) == 36
+    assert got[loops[0]].fs_type == "xfs" and got[loops[0]].fs_label == "DIRECTPV-CSI" and len(got[loops[0]].fs_uuid) == 36
     assert "vda" in errors and got["vda"].fs_type == ""
     v = judge(list(got.values()), JudgePolicy(allow_loop=True))
     assert [r.code for r in v[loops[0]].reasons] == [m.REASON_OURS]

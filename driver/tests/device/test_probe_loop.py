@@ -72,7 +72,7 @@ def test_read_only_loop(loopdev: Callable[..., str]) -> None:
 def test_xfs_and_ours(loopdev: Callable[..., str]) -> None:
     plain, ours = loopdev("600M"), loopdev("600M")
     subprocess.run(["mkfs.xfs", "-q", plain], check=True)
-    subprocess.run(["mkfs.xfs", "-q", "-L", "DIRECTPV", ours], check=True)
+    subprocess.run(["mkfs.xfs", "-q", "-L", "DIRECTPV-CSI", ours], check=True)
     verdicts = judge(probe(), LOOPS)
     v = verdicts[_name(plain)]
     assert [r.code for r in v.reasons] == [m.REASON_HAS_FILESYSTEM] and v.available_with_force

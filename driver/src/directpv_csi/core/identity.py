@@ -19,8 +19,9 @@ from .models import Device
 
 
 def canonical_state(device: Device) -> Dict[str, Any]:
-    """The fields the state token covers, in a canonical form (lists sorted; udev data excluded)."""
-    return {
+    """The fields the state token covers, in a canonical form (lists sorted; udev data and the
+    counted contents excluded; whose drive it is included once known)."""
+    state: Dict[str, Any] = {
         "name": device.name,
         "majmin": device.majmin,
         "size": device.size,
@@ -45,6 +46,9 @@ def canonical_state(device: Device) -> Dict[str, Any]:
         "serial": device.serial,
         "wwn": device.wwn,
     }
+    if device.drive_kind:
+        state["drive_kind"] = device.drive_kind
+    return state
 
 
 def state_token(device: Device) -> str:
@@ -69,3 +73,60 @@ def hardware_id(device: Device) -> str:
     if device.by_id:
         return sorted(link.rsplit("/", 1)[-1] for link in device.by_id)[0]
     return ""
+
+
+# --- whose drive is it ---------------------------------------------------------------------
+#
+# MinIO DirectPV labels its XFS drives "DIRECTPV", and so did directpv-csi before format version
+# 2: the label alone cannot tell them apart. Drives formatted now carry OUR_LABEL, which DirectPV
+# never writes, so they are recognised from the superblock alone. A "DIRECTPV"-labelled drive is
+# told apart by its files (read without writing, device/ondisk.py): ours wrote
+# ``.directpv/meta.json``; DirectPV writes ``.directpv/meta.info`` and a ``.FSUUID.<uuid>`` link to
+# ``.``. A drive carrying DirectPV's marks is DirectPV's even when a meta.json sits beside them
+# (versions before 2 wrote one while "adopting" such drives), unless that meta.json records an
+# import (``"imported_from": "minio-directpv"``): the room left for the migration from DirectPV,
+# which takes such drives over in place.
+
+OUR_LABEL = "DIRECTPV-CSI"  # 12 characters: the most an XFS label holds
+LEGACY_LABEL = "DIRECTPV"  # MinIO DirectPV's label, and ours before format version 2
+IMPORTED_FROM_DIRECTPV = "minio-directpv"  # meta.json "imported_from" of a drive migrated in place
+
+KIND_OURS = "directpv-csi"  # formatted by us (our label)
+KIND_OURS_V1 = "directpv-csi-v1"  # formatted by an earlier version of ours (label DIRECTPV + meta.json)
+KIND_IMPORTED = "directpv-csi-imported"  # a DirectPV drive the migration took over (meta.json says so)
+KIND_DIRECTPV = "minio-directpv"  # MinIO DirectPV's drive: never ours
+KIND_UNVERIFIED = "unverified"  # labelled DIRECTPV, but its files could not be read: whose is unknown
+KIND_UNCLAIMED = "unclaimed"  # labelled DIRECTPV with neither our metadata nor DirectPV's marks
+OUR_KINDS = frozenset({KIND_OURS, KIND_OURS_V1, KIND_IMPORTED})
+
+
+def classify_drive(
+    fs_type: str,
+    label: str,
+    *,
+    meta: Any = None,
+    directpv_marks: bool = False,
+    our_label: str = OUR_LABEL,
+) -> str:
+    """Who made an XFS filesystem, from its label and (for LEGACY_LABEL) what its root holds.
+
+    ``meta`` is the parsed ``.directpv/meta.json`` (None when absent); ``directpv_marks`` is True
+    when ``.directpv/meta.info`` or a ``.FSUUID.*`` link exists. Returns a KIND_* value, or ""
+    for a filesystem that is none of these.
+    """
+    if fs_type != "xfs":
+        return ""
+    if label == our_label and label != LEGACY_LABEL:
+        return KIND_OURS
+    if label != LEGACY_LABEL:
+        return ""
+    imported = isinstance(meta, dict) and meta.get("imported_from") == IMPORTED_FROM_DIRECTPV
+    if directpv_marks:
+        return KIND_IMPORTED if imported else KIND_DIRECTPV
+    if isinstance(meta, dict):
+        return KIND_OURS_V1
+    return KIND_UNCLAIMED
+
+
+def is_our_kind(kind: str) -> bool:
+    return kind in OUR_KINDS

@@ -11,8 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Set
 
+from .identity import (
+    KIND_DIRECTPV,
+    KIND_OURS_V1,
+    KIND_UNCLAIMED,
+    KIND_UNVERIFIED,
+    LEGACY_LABEL,
+    OUR_KINDS,
+    OUR_LABEL,
+)
 from .models import (
     REASON_CDROM,
+    REASON_DIRECTPV,
+    REASON_HAS_DATA,
     REASON_HAS_FILESYSTEM,
     REASON_HAS_PARTITION_TABLE,
     REASON_HELD,
@@ -27,6 +38,7 @@ from .models import (
     REASON_ROOT_DISK,
     REASON_SWAP,
     REASON_TOO_SMALL,
+    REASON_UNVERIFIED,
     Device,
     Reason,
     Verdict,
@@ -34,7 +46,10 @@ from .models import (
 from .units import format_size
 
 DEFAULT_MIN_SIZE = 512 * 1024 * 1024
-OUR_LABEL = "DIRECTPV"
+__all__ = ["DEFAULT_MIN_SIZE", "LEGACY_LABEL", "OUR_LABEL", "JudgePolicy", "is_ours", "judge", "judge_one"]
+
+# Where the migration from MinIO DirectPV is described (messages about DirectPV drives point there).
+MIGRATION_DOC = "see 'DirectPV drives' in docs/FEATURES.md"
 
 # Mount points whose disk is the system's own (root/boot) disk.
 SYSTEM_MOUNTPOINTS = ("/", "/boot", "/boot/efi", "/efi", "/usr")
@@ -59,6 +74,9 @@ REASON_TEXTS: Dict[str, str] = {
     REASON_HAS_FILESYSTEM: "has a filesystem",
     REASON_HAS_PARTITION_TABLE: "has a partition table",
     REASON_NOT_DISK: "not a disk",
+    REASON_DIRECTPV: "a MinIO DirectPV drive",
+    REASON_UNVERIFIED: "labelled DIRECTPV but its files could not be read: it may be a MinIO DirectPV drive",
+    REASON_HAS_DATA: "its filesystem holds files",
 }
 
 
@@ -73,8 +91,43 @@ class JudgePolicy:
 
 
 def is_ours(device: Device, label: str = OUR_LABEL) -> bool:
-    """XFS carrying our label: formatted by us (format can adopt it instead of formatting again)."""
-    return device.fs_type == "xfs" and device.fs_label == label
+    """Formatted by us (format adopts it instead of formatting again): XFS with our label, or a
+    drive device/ondisk.py recognised as ours (an earlier version's ``DIRECTPV`` label plus our
+    ``.directpv/meta.json``, or a drive the DirectPV migration imported). A ``DIRECTPV``-labelled
+    drive whose files were not read is never taken for ours."""
+    if device.fs_type != "xfs":
+        return False
+    if device.drive_kind:
+        return device.drive_kind in OUR_KINDS
+    return device.fs_label == label and label != LEGACY_LABEL
+
+
+def _size(n: int) -> str:
+    return format_size(n)
+
+
+def _directpv_text(dev: Device) -> str:
+    c = dev.contents
+    held = (
+        f"{c.volume_dirs} volume director{'y' if c.volume_dirs == 1 else 'ies'}, {_size(c.used_bytes)} in use"
+        if c is not None
+        else "contents unknown"
+    )
+    return (
+        f"a MinIO DirectPV drive (xfs {dev.fs_uuid or '?'}, label {dev.fs_label}): {held}; never adopted, and not "
+        f"formatted while it holds volumes; a migration path from DirectPV exists as a later step: {MIGRATION_DOC}"
+    )
+
+
+def _data_text(dev: Device) -> str:
+    c = dev.contents
+    if c is None or not c.walked:
+        return "its filesystem could not be inspected" + (f" ({dev.inspect_error})" if dev.inspect_error else "")
+    more = "at least " if c.truncated else ""
+    return (
+        f"holds data: {more}{c.files} file(s), {more}{c.directories} director{'y' if c.directories == 1 else 'ies'}, "
+        f"{_size(c.data_bytes)} in files, {_size(c.used_bytes)} in use"
+    )
 
 
 def _is_not_disk(device: Device) -> bool:
@@ -155,11 +208,33 @@ def judge_one(dev: Device, policy: JudgePolicy, by_name: Dict[str, Device], root
         add(REASON_LOOP)
     if dev.removable and not policy.allow_removable:
         add(REASON_REMOVABLE)
+    legacy_label = dev.fs_type == "xfs" and dev.fs_label == LEGACY_LABEL
     if is_ours(dev, policy.our_label):
-        add(REASON_OURS, f"already a DirectPV drive (xfs {dev.fs_uuid}, label {dev.fs_label})")
+        older = " by an earlier version" if dev.drive_kind == KIND_OURS_V1 else ""
+        add(REASON_OURS, f"already a DirectPV drive{older} (xfs {dev.fs_uuid}, label {dev.fs_label})")
+    elif dev.drive_kind == KIND_DIRECTPV:
+        c = dev.contents
+        # Holding volumes (or not known not to) it is never formatted; an empty one is any other filesystem.
+        add(REASON_DIRECTPV, _directpv_text(dev), forceable=c is not None and c.volume_dirs == 0)
+    elif legacy_label and dev.drive_kind in ("", KIND_UNVERIFIED):
+        why = f" ({dev.inspect_error})" if dev.inspect_error else " (not inspected)"
+        add(REASON_UNVERIFIED, REASON_TEXTS[REASON_UNVERIFIED] + why)
     elif dev.fs_type:
         detail = dev.fs_type + (f" {dev.fs_uuid}" if dev.fs_uuid else "")
+        if dev.fs_label:
+            detail += f" label {dev.fs_label}"
+        if legacy_label and dev.drive_kind == KIND_UNCLAIMED:
+            detail += " (neither our metadata nor DirectPV's)"
         add(REASON_HAS_FILESYSTEM, f"has a filesystem: {detail}", forceable=True)
+    if dev.fs_type and not is_ours(dev, policy.our_label):
+        # Only when the contents were looked at (format plans, filter selection): what is there,
+        # or that it could not be read - then it counts as data.
+        c = dev.contents
+        if c is not None and c.walked:
+            if not c.empty:
+                add(REASON_HAS_DATA, _data_text(dev), forceable=True)
+        elif dev.inspect_error and dev.drive_kind != KIND_UNVERIFIED:
+            add(REASON_HAS_DATA, _data_text(dev), forceable=True)
     if dev.partition_table:
         add(REASON_HAS_PARTITION_TABLE, f"has a partition table: {dev.partition_table}", forceable=True)
     return Verdict(dev.name, tuple(reasons))

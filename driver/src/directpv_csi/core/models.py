@@ -31,7 +31,6 @@ class Contents:
         return self.walked and not self.truncated and self.files == 0 and self.directories == 0
 
 
-
 @dataclass(frozen=True)
 class Device:
     """One block device as probed on a host (disk, partition, loop, dm, md...)."""

@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import InvalidArgument
 from .models import (
+    REASON_HAS_DATA,
     REASON_LOOP,
     REASON_OURS,
     REASON_ROOT_DISK,
@@ -53,6 +54,7 @@ ACTION_ADOPT = "adopt"
 REJECT_NOT_SELECTED = "not-selected"
 REJECT_FILTERED_OUT = "filtered-out"
 REJECT_NEEDS_FORCE = "needs-force"
+REJECT_NEEDS_NAMED = "needs-named"  # holds files (or could not be read): never formatted unless named
 
 DRIVES_YAML_VERSION = "v1"
 
@@ -428,6 +430,13 @@ def _has(verdict: Verdict, code: str) -> bool:
     return any(r.code == code for r in verdict.reasons)
 
 
+def _holds_data(device: Device, verdict: Verdict) -> bool:
+    """Files on its filesystem, or a filesystem whose contents were not counted."""
+    if _has(verdict, REASON_HAS_DATA):
+        return True
+    return bool(device.fs_type) and (device.contents is None or not device.contents.walked)
+
+
 def _where(node: str) -> str:
     return f" on node {node}" if node else ""
 
@@ -578,6 +587,16 @@ def select(
             continue
         if verdict.available:
             chosen[dev.name] = Chosen(dev.name, dev.dev_path, dev.size, ACTION_FORMAT, SOURCE_FILTER, dev.name)
+            continue
+        if _forceable_only(verdict) and _holds_data(dev, verdict):
+            codes.insert(0, REJECT_NEEDS_NAMED)
+            texts.insert(
+                0,
+                "matched the filters but its filesystem holds files (or could not be read): a filter never picks "
+                "such a device, force or not; only a device named in directpv_drives with force: true is formatted "
+                "over its contents",
+            )
+            rejected.append(Rejected(dev.name, dev.dev_path, dev.size, tuple(codes), tuple(texts)))
             continue
         if _forceable_only(verdict) and force and not safe_mode:
             chosen[dev.name] = Chosen(dev.name, dev.dev_path, dev.size, ACTION_FORMAT, SOURCE_FILTER, dev.name, True)

@@ -8,6 +8,13 @@ a loop device unless ``allow_loop``, a state that changed since discovery (stale
 token). Allowed only with ``force``: an existing filesystem or partition table. A
 device that already is one of our drives is *adopted* (plan without commands).
 
+Our drives carry the XFS label ``DIRECTPV-CSI`` (core/identity.py); MinIO DirectPV's carry
+``DIRECTPV``, as ours did before format version 2. A ``DIRECTPV``-labelled drive is ours only
+when its files say so (device/ondisk.py reads them without writing); a MinIO DirectPV drive is
+never adopted, and never formatted while it holds volume directories, force or not. Any other
+filesystem holding files is formatted only with ``force``, and the plan says what it destroys
+(``FormatPlan.destroys``: filesystem, label, files and directories counted read-only, bytes).
+
 ``execute_format`` checks the state token again right before running, holds an
 advisory lock on the device node while it works, runs mkfs.xfs, mounts the new
 filesystem in a private temporary directory, writes ``.directpv/meta.json`` (fsynced),
@@ -45,17 +52,29 @@ from ..core.errors import (
     NotFound,
     Unsupported,
 )
-from ..core.identity import hardware_id, state_token
-from ..core.judge import DEFAULT_MIN_SIZE, OUR_LABEL, JudgePolicy, judge
-from ..core.models import REASON_MOUNTED, REASON_OURS, Device, Reason
+from ..core.identity import KIND_OURS, LEGACY_LABEL, OUR_LABEL, hardware_id, is_our_kind, state_token
+from ..core.judge import DEFAULT_MIN_SIZE, JudgePolicy, is_ours, judge
+from ..core.models import (
+    REASON_DIRECTPV,
+    REASON_MOUNTED,
+    REASON_OURS,
+    REASON_UNVERIFIED,
+    Device,
+    Reason,
+)
+from ..core.units import format_size
 from . import mount as _mount
+from . import ondisk as _ondisk
 from .probe import probe, probe_one
 from .superblock import XfsSuperblock, read_xfs_superblock
 
-META_DIR = ".directpv"
-META_FILE = "meta.json"
-FORMAT_VERSION = 1
+META_DIR = _ondisk.META_DIR
+META_FILE = _ondisk.META_FILE
+FORMAT_VERSION = 2  # 2: label DIRECTPV-CSI (1: label DIRECTPV, shared with MinIO DirectPV)
 MKFS = "mkfs.xfs"
+# Where tools are looked for besides PATH: a non-root PATH often lacks the sbin directories.
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+XFSPROGS_HINT = "install xfsprogs (Debian/Ubuntu: apt-get install xfsprogs; EL/Fedora: dnf install xfsprogs)"
 REASON_STALE = "stale"  # the device changed since the caller discovered it
 
 # Reasons an adoption of one of our own drives tolerates (reading it changes nothing).
@@ -77,6 +96,7 @@ class FormatPlan:
     force: bool = False
     forced_reasons: Tuple[str, ...] = ()  # forceable reason codes ``force`` overrode
     label: str = OUR_LABEL
+    destroys: Dict[str, Any] = field(default_factory=dict)  # what the format erases (empty: nothing)
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain data for an Ansible module's result or a JSON log line."""
@@ -91,6 +111,7 @@ class FormatPlan:
             "force": self.force,
             "forced_reasons": list(self.forced_reasons),
             "label": self.label,
+            "destroys": dict(self.destroys),
         }
 
 
@@ -111,10 +132,19 @@ class FormattedDrive:
 # --- tool probing (once per process) ------------------------------------------------------
 
 
+def find_tool(name: str) -> Optional[str]:
+    """Absolute path of a tool, searching PATH and then the sbin directories (like Ansible's
+    ``get_bin_path``), or None."""
+    found = shutil.which(name)
+    if found:
+        return found
+    return shutil.which(name, path=os.pathsep.join(SBIN_DIRS))
+
+
 @functools.cache
 def mkfs_version() -> str:
     """``mkfs.xfs -V`` output, e.g. "mkfs.xfs version 6.1.0" ("" when not installed)."""
-    exe = shutil.which(MKFS)
+    exe = find_tool(MKFS)
     if exe is None:
         return ""
     try:
@@ -127,7 +157,7 @@ def mkfs_version() -> str:
 @functools.cache
 def mkfs_supports_reflink() -> bool:
     """Whether this mkfs.xfs accepts ``-m reflink=1`` (dry run ``-N`` on a sparse temp file)."""
-    exe = shutil.which(MKFS)
+    exe = find_tool(MKFS)
     if exe is None:
         return False
     with tempfile.TemporaryDirectory(prefix="directpv-reflink-") as d:
@@ -144,9 +174,9 @@ def mkfs_supports_reflink() -> bool:
 
 
 def _require_mkfs() -> str:
-    exe = shutil.which(MKFS)
+    exe = find_tool(MKFS)
     if exe is None:
-        raise Unsupported(f"{MKFS} is not installed", "install xfsprogs (apt-get install xfsprogs)")
+        raise Unsupported(f"{MKFS} is not installed (searched PATH and {', '.join(SBIN_DIRS)})", XFSPROGS_HINT)
     return exe
 
 
@@ -165,7 +195,13 @@ def _check_drive_id(drive_id: Optional[str]) -> Optional[str]:
 def _check_label(label: str) -> str:
     if not isinstance(label, str) or not _LABEL_RE.match(label):
         raise InvalidArgument(
-            f"filesystem label {label!r} is invalid", "use 1-12 characters from A-Z a-z 0-9 _ . - (default DIRECTPV)"
+            f"filesystem label {label!r} is invalid",
+            f"use 1-12 characters from A-Z a-z 0-9 _ . - (default {OUR_LABEL})",
+        )
+    if label == LEGACY_LABEL:
+        raise InvalidArgument(
+            f"filesystem label {LEGACY_LABEL} is MinIO DirectPV's: drives made with it cannot be told from DirectPV's",
+            f"leave the label unset (default {OUR_LABEL})",
         )
     return label
 
@@ -192,6 +228,11 @@ _REMEDY = {
     "removable": "allow removable devices",
     "partitioned": "format one of its partitions instead",
     REASON_OURS: "it already is a DirectPV drive",
+    REASON_DIRECTPV: (
+        "it is a MinIO DirectPV drive holding volumes: leave it to DirectPV until the migration path takes it "
+        "over, and choose another device"
+    ),
+    REASON_UNVERIFIED: "run where the device can be read (as root) so its files tell whose drive it is",
 }
 
 
@@ -201,7 +242,8 @@ def _refuse(dev: Device, reasons: Sequence[Reason], forceable_only: bool) -> Dev
     if forceable_only:
         return DeviceRefused(
             f"refusing to format {dev.dev_path}: {what}",
-            f"formatting destroys what is on {dev.dev_path}; set force to format it anyway",
+            f"formatting would destroy what is on {dev.dev_path}: choose an empty device; force (with this device "
+            "named) is only for a device whose contents are backed up or no longer needed",
             codes,
         )
     remedies: List[str] = []
@@ -229,6 +271,38 @@ def _verdict_reasons(dev: Device, policy: JudgePolicy) -> Tuple[Reason, ...]:
     return judge(_context(dev), policy)[dev.name].reasons
 
 
+def destroyed(dev: Device) -> Dict[str, Any]:
+    """What formatting ``dev`` erases, as counted read-only (empty when it holds no filesystem)."""
+    if not dev.fs_type and not dev.partition_table:
+        return {}
+    out: Dict[str, Any] = {
+        "filesystem": dev.fs_type,
+        "label": dev.fs_label,
+        "fs_uuid": dev.fs_uuid,
+        "partition_table": dev.partition_table,
+    }
+    c = dev.contents
+    if c is not None and c.walked:
+        out.update(
+            files=c.files,
+            directories=c.directories,
+            data_bytes=c.data_bytes,
+            used_bytes=c.used_bytes,
+            counts_are_minimums=c.truncated,
+            summary="{}{} file(s), {} director{}, {} in files, {} in use".format(
+                "at least " if c.truncated else "",
+                c.files,
+                c.directories,
+                "y" if c.directories == 1 else "ies",
+                format_size(c.data_bytes),
+                format_size(c.used_bytes),
+            ),
+        )
+    elif dev.fs_type:
+        out["summary"] = "contents not inspected" + (f": {dev.inspect_error}" if dev.inspect_error else "")
+    return out
+
+
 def plan_format(
     device_ref: str,
     *,
@@ -251,6 +325,8 @@ def plan_format(
         raise InvalidArgument(f"reflink must be true, false or unset, not {reflink!r}", "leave it unset to probe")
     dev = probe_one(device_ref)
     token = state_token(dev)
+    if dev.fs_type and not dev.mountpoints and not is_ours(dev, label):
+        dev = _ondisk.inspect(dev)  # count what a format would destroy (read-only)
     if expected_token is not None and expected_token != token:
         raise DeviceRefused(
             f"refusing to format {dev.dev_path}: device changed since it was discovered",
@@ -333,6 +409,7 @@ def plan_format(
         force=force,
         forced_reasons=tuple(r.code for r in soft),
         label=label,
+        destroys=destroyed(dev),
     )
 
 
@@ -485,7 +562,7 @@ def execute_format(plan: FormatPlan) -> FormattedDrive:
                 sb.uuid, dev, sb.uuid, sb.capacity, meta, adopted=True, superblock=sb, metadata_written=bool(wrote)
             )
         for cmd in plan.commands:
-            exe = shutil.which(cmd[0]) or cmd[0]
+            exe = find_tool(cmd[0]) or cmd[0]
             _run([exe, *cmd[1:]])
         meta = dict(plan.metadata, formatted_at=_now())
         _with_mounted(dataclasses.replace(dev, mountpoints=()), lambda mp: write_metadata(mp, meta))
@@ -519,9 +596,12 @@ def format_drive(device_ref: str, *, dry_run: bool = False, **kwargs: Any) -> Un
 
 
 def find_our_drives(devices: Sequence[Device], label: str = OUR_LABEL) -> List[Device]:
-    """Devices holding an XFS filesystem with our label, read from the superblock itself (so a
-    renamed device is recognised without blkid or udev). Each returned Device has ``fs_uuid``
-    (the drive id), ``fs_label`` and ``fs_type`` set from its superblock."""
+    """Our drives among ``devices``, and only ours: XFS whose superblock carries our label, or
+    the ``DIRECTPV`` label of an earlier version of ours with our ``.directpv/meta.json`` (the
+    files are read without writing, device/ondisk.py). A MinIO DirectPV drive, or a
+    ``DIRECTPV``-labelled drive whose files cannot be read, is never returned. The superblock is
+    read here (no blkid or udev needed, so a renamed device is recognised); each returned Device
+    has ``fs_uuid`` (the drive id), ``fs_label``, ``fs_type`` and ``drive_kind`` set from it."""
     found: List[Device] = []
     for dev in devices:
         if dev.cdrom or dev.size == 0 or dev.partitions or (dev.fs_type not in ("", "xfs")):
@@ -530,6 +610,14 @@ def find_our_drives(devices: Sequence[Device], label: str = OUR_LABEL) -> List[D
             sb = read_xfs_superblock(dev.dev_path)
         except Exception:  # not XFS, unreadable, vanished: not one of ours
             continue
-        if sb.label == label:
-            found.append(dataclasses.replace(dev, fs_type="xfs", fs_uuid=sb.uuid, fs_label=sb.label))
+        seen = dataclasses.replace(dev, fs_type="xfs", fs_uuid=sb.uuid, fs_label=sb.label)
+        if sb.label == LEGACY_LABEL:
+            if dev.fs_label != LEGACY_LABEL or not dev.drive_kind:  # not identified by the probe
+                seen = _ondisk.inspect(dataclasses.replace(seen, drive_kind=""), walk=False)
+            else:
+                seen = dataclasses.replace(seen, drive_kind=dev.drive_kind)
+            if is_our_kind(seen.drive_kind):
+                found.append(seen)
+        elif sb.label == label:
+            found.append(dataclasses.replace(seen, drive_kind=KIND_OURS))
     return found

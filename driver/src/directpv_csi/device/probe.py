@@ -19,6 +19,7 @@ from ..core.errors import CommandFailed, InvalidArgument, NotFound
 from ..core.models import Device
 from . import blkid as _blkid
 from . import mountinfo as _mountinfo
+from . import ondisk as _ondisk
 from . import sysfs as _sysfs
 
 UDEV_ROOT = "/run/udev"
@@ -103,11 +104,15 @@ def probe(
     udev_root: str = UDEV_ROOT,
     names: Optional[Iterable[str]] = None,
     errors: Optional[Dict[str, str]] = None,
+    identify: bool = True,
 ) -> List[Device]:
     """Every block device (or only ``names``), disks before their partitions in natural order.
 
     ``errors``, when given, receives ``{name: why}`` for devices whose first bytes
     could not be read (their filesystem fields stay empty; the probe still succeeds).
+    ``identify``: an XFS labelled ``DIRECTPV`` (MinIO DirectPV's, or ours before format
+    version 2) gets its ``drive_kind`` from the files at its root, read without writing
+    (device/ondisk.py); only those devices are looked into.
     """
     if names is None:
         blocks = _sysfs.read_all(sysfs_root)
@@ -220,6 +225,8 @@ def probe(
         )
     if errors is not None:
         errors.update({os.path.basename(p): why for p, why in unreadable.items()})
+    if identify:
+        out = _ondisk.identify(out, proc_root)
     return out
 
 
@@ -316,10 +323,11 @@ def probe_one(
     proc_root: str = "/proc",
     run_blkid: bool = True,
     udev_root: str = UDEV_ROOT,
+    identify: bool = True,
 ) -> Device:
     """The Device behind ``ref`` (kernel name, /dev path or /dev/disk/by-id link); see resolve_ref for errors."""
     name = resolve_ref(ref, sysfs_root, dev_root)
-    found = probe(sysfs_root, dev_root, proc_root, run_blkid, udev_root, names=[name])
+    found = probe(sysfs_root, dev_root, proc_root, run_blkid, udev_root, names=[name], identify=identify)
     if not found:
         raise NotFound(f"block device {ref!r} disappeared while probing", "check that it is still attached")
     return found[0]

@@ -5,13 +5,14 @@ Devices are built as the probe would report them; verdicts come from the real ju
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Dict, List
 
 import pytest
 from ansible_collections.directpv.csi.plugins.module_utils._directpv.core import selection as sel
 from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.errors import InvalidArgument
 from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.judge import JudgePolicy, judge
-from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.models import Device
+from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.models import Contents, Device
 
 GiB = 1024**3
 
@@ -28,8 +29,8 @@ def host() -> List[Device]:
         dev("vda1", major=254, minor=1, is_partition=True, parent="vda", mountpoints=("/",), fs_type="ext4"),
         dev("nvme0n1", minor=1, serial="S4EWNX0R1", wwn="eui.0025385b71b2c3d4", vendor="", model="Samsung SSD 980"),
         dev("nvme1n1", minor=2, serial="S4EWNX0R2", by_id=("/dev/disk/by-id/nvme-Samsung_SSD_980_S4EWNX0R2",)),
-        dev("nvme2n1", minor=3, fs_type="ext4", fs_uuid="1111"),
-        dev("nvme3n1", minor=4, fs_type="xfs", fs_label="DIRECTPV", fs_uuid="2222", mountpoints=("/var/lib/x",)),
+        dev("nvme2n1", minor=3, fs_type="ext4", fs_uuid="1111", contents=Contents(walked=True)),  # empty ext4
+        dev("nvme3n1", minor=4, fs_type="xfs", fs_label="DIRECTPV-CSI", fs_uuid="2222", mountpoints=("/var/lib/x",)),
         dev("sdb", major=8, minor=16, transport="sata", rotational=True, size=4000 * GiB, vendor="ATA", model="ST4000"),
         dev("sdc", major=8, minor=32, transport="sata", size=GiB // 4),
         dev("loop0", major=7, minor=0, transport="loop"),
@@ -124,6 +125,23 @@ def test_filters_select_only_with_auto_select_and_never_force_in_safe_mode() -> 
     assert rejected["sdb"].codes[0] == sel.REJECT_FILTERED_OUT
     s = run(host(), filters=filters, auto_select=True, force=True, safe_mode=False)
     assert names(s.selected) == ["nvme0n1", "nvme1n1", "nvme2n1"]
+
+
+@pytest.mark.parametrize(
+    "contents",
+    [None, Contents(files=2, directories=1, data_bytes=8192, walked=True), Contents(walked=True, truncated=True)],
+    ids=["not-counted", "files", "walk-cut-short"],
+)
+def test_a_filter_never_picks_a_filesystem_holding_files(contents: Any) -> None:
+    devices = [d if d.name != "nvme2n1" else replace(d, contents=contents) for d in host()]
+    filters = sel.parse_filters({"include": ["nvme2n1"]})
+    s = run(devices, filters=filters, auto_select=True, force=True, safe_mode=False)
+    assert s.selected == ()
+    rejected = {r.name: r for r in s.rejected}
+    assert rejected["nvme2n1"].codes[0] == sel.REJECT_NEEDS_NAMED
+    # Named, with force, it is selected (the format plan then lists what it destroys).
+    s = run(devices, requests=sel.parse_requests([{"device": "nvme2n1", "force": True}]))
+    assert names(s.selected) == ["nvme2n1"] and s.selected[0].force
 
 
 def test_filter_matching_nothing_is_an_error() -> None:

@@ -68,7 +68,7 @@ def test_check_mode_plans_and_runs_nothing(blank: str, no_execute: None, capsys:
     r = call(drive, {"device": blank, "allow_loop": True, "_ansible_check_mode": True, "_ansible_diff": True}, capsys)
     assert r["changed"] is True
     cmd = r["plan"]["commands"][0]
-    assert cmd[0] == "mkfs.xfs" and cmd[-1] == blank and "DIRECTPV" in cmd
+    assert cmd[0] == "mkfs.xfs" and cmd[-1] == blank and "DIRECTPV-CSI" in cmd
     assert r["diff"]["before"]["filesystem"] == "" and r["diff"]["after"]["filesystem"] == "xfs"
     assert r["diff"]["after"]["fs_uuid"] == r["drive"]["drive_id"]
     assert blkid(blank) == {}, "check mode must leave the device untouched"
@@ -78,7 +78,7 @@ def test_format_then_adopt_is_idempotent(blank: str, capsys: pytest.CaptureFixtu
     r = call(drive, {"device": blank, "allow_loop": True}, capsys)
     assert r["changed"] is True and r["plan"]["action"] == "format"
     props = blkid(blank)
-    assert props["TYPE"] == "xfs" and props["LABEL"] == "DIRECTPV"
+    assert props["TYPE"] == "xfs" and props["LABEL"] == "DIRECTPV-CSI"
     assert props["UUID"] == r["drive"]["drive_id"]
     assert r["drive"]["capacity"] > 0
     again = call(drive, {"device": blank, "allow_loop": True}, capsys)
@@ -132,22 +132,35 @@ def test_absent_refuses_while_volumes_live_then_wipes(
     try:
         (mnt / "pvc-1234").mkdir()
         r = call(drive, {"device": blank, "state": "absent", "wipe": True}, capsys)
+        assert r["failed"] and "store_volumes" in r["msg"], "safe mode: a wipe needs the store's answer"
+        gone = {"device": blank, "state": "absent", "wipe": True, "store_volumes": []}
+        r = call(drive, gone, capsys)
         assert r["failed"] and "pvc-1234" in r["msg"] and "volume" in r["msg"]
         (mnt / "pvc-1234").rmdir()
         (mnt / "notes.txt").write_text("x")
-        r = call(drive, {"device": blank, "state": "absent", "wipe": True}, capsys)
+        r = call(drive, gone, capsys)
         assert r["failed"] and "safe_mode" in r["msg"] and "notes.txt" in r["msg"]
         os.unlink(mnt / "notes.txt")
-        r = call(drive, {"device": blank, "state": "absent", "wipe": True, "_ansible_check_mode": True}, capsys)
+        # A reservation in the store (a volume never staged: no directory yet) blocks the wipe.
+        r = call(drive, dict(gone, store_volumes=["pvc-reserved"]), capsys)
+        assert r["failed"] and "pvc-reserved" in r["msg"] and "store holds 1 volume" in r["msg"]
+        # So does any per-volume metadata on the drive.
+        (mnt / ".directpv" / "volumes").mkdir()
+        (mnt / ".directpv" / "volumes" / "pvc-9.json").write_text("{}")
+        r = call(drive, gone, capsys)
+        assert r["failed"] and "pvc-9.json" in r["msg"] and "metadata" in r["msg"]
+        (mnt / ".directpv" / "volumes" / "pvc-9.json").unlink()
+        (mnt / ".directpv" / "volumes").rmdir()
+        r = call(drive, dict(gone, _ansible_check_mode=True), capsys)
         assert r["changed"] is True and ["umount", str(mnt)] in r["plan"]["commands"]
         assert os.path.ismount(mnt) and blkid(blank)["TYPE"] == "xfs", "check mode must not unmount or wipe"
-        r = call(drive, {"device": blank, "state": "absent", "wipe": True}, capsys)
+        r = call(drive, gone, capsys)
         assert r.get("changed") is True, r
         assert not os.path.ismount(mnt)
         assert blkid(blank) == {}
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
-    r = call(drive, {"device": blank, "state": "absent", "wipe": True}, capsys)
+    r = call(drive, gone, capsys)
     assert r["changed"] is False and "not a DirectPV drive" in r["msg"]
 
 
