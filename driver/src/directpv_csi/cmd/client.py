@@ -4,6 +4,9 @@
     directpv-csi client --endpoint ... stage data-0 --staging-path /var/lib/kubelet/staging/data-0
     directpv-csi client --endpoint ... publish data-0 --staging-path ... --target-path ...
     directpv-csi client --endpoint ... info --state-dir /var/lib/directpv-csi
+    directpv-csi client orphans --state-dir /var/lib/directpv-csi [--kubeconfig FILE]
+    directpv-csi client orphans --state-dir ... --clean pvc-x --check   # preview: what would go
+    directpv-csi client orphans --state-dir ... --clean pvc-x           # the node then removes it
 
 It does what a container orchestrator does, one call at a time: useful for demos,
 for single-host use of standalone mode, and for poking at a running driver.
@@ -16,7 +19,8 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-HELP = "call a CSI endpoint: create, delete, expand, stage, publish, unpublish, unstage, stats, list, capacity, info"
+HELP = ("call a CSI endpoint: create, delete, expand, stage, publish, unpublish, unstage, stats, list, capacity, "
+        "info; list or clean orphan volume directories: orphans")
 
 DEFAULT_ENDPOINT = os.environ.get("DIRECTPV_CSI_ENDPOINT", "unix:///var/lib/directpv-csi/csi.sock")
 ACCESS_MODES = ("SINGLE_NODE_WRITER", "SINGLE_NODE_READER_ONLY", "SINGLE_NODE_SINGLE_WRITER",
@@ -75,6 +79,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ca = sub.add_parser("capacity", help="GetCapacity")
     ca.add_argument("--node", default="", help="one node's segment (default: all)")
     ca.add_argument("--param", action="append", default=[], metavar="K=V")
+
+    o = sub.add_parser("orphans", help="volume directories with no record and no tombstone (run on the node): "
+                       "list them, or record tombstones for chosen ones so the node removes them")
+    o.add_argument("--state-dir", required=True, help="the node's state dir (its drives are mounted under mnt/)")
+    o.add_argument("--kubeconfig", default="", help="the kube store (default: STATE_DIR/store.sqlite)")
+    o.add_argument("--node", default="", help="only this node's drives (default: every drive mounted here)")
+    o.add_argument("--drive", default="", help="only this drive id")
+    o.add_argument("--clean", action="append", default=[], metavar="NAME", help="orphan to remove (repeatable)")
+    o.add_argument("--clean-all", action="store_true", help="remove every orphan listed")
+    o.add_argument("--check", action="store_true", help="with --clean: preview what would go, record nothing")
+    o.add_argument("--json", action="store_true", help="print JSON")
 
     i = sub.add_parser("info", help="plugin, drives, capacity, volumes and usage")
     i.add_argument("--state-dir", default="", help="standalone state dir: read its store (read-only) for drives")
@@ -341,10 +356,63 @@ def info(c: Client, state_dir: str = "") -> str:
     return "\n".join(out)
 
 
+def orphans(args: argparse.Namespace) -> int:
+    """List orphans of the drives mounted under STATE_DIR/mnt, or record tombstones for chosen ones."""
+    import json
+    from pathlib import Path
+
+    from ..core.units import format_size
+    from ..node import orphans as _orphans
+
+    cleaning = bool(args.clean or args.clean_all)
+    store: Any
+    if args.kubeconfig:
+        from ..store.kube import KubeStore
+
+        store = KubeStore.from_kubeconfig(args.kubeconfig, events=False)
+    else:
+        from ..store.embedded import EmbeddedStore
+
+        store = EmbeddedStore(os.path.join(args.state_dir, "store.sqlite"), read_only=not cleaning)
+    try:
+        node = args.node or None
+        drive = args.drive or None
+        if cleaning:
+            found = _orphans.clean(store, Path(args.state_dir), node, names=args.clean, everything=args.clean_all,
+                                   drive_id=drive, check_mode=args.check)
+        else:
+            found = [o for o in _orphans.list_orphans(store, Path(args.state_dir), node)
+                     if drive is None or o.drive_id == drive]
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"orphans": [o.to_dict() for o in found], "changed": cleaning and not args.check
+                          and bool(found), "check_mode": bool(args.check)}, indent=1))
+        return 0
+    rows = [(o.name, o.drive_id, o.node, format_size(o.bytes_used), str(o.files),
+             "yes" if o.has_metadata else "no") for o in found]
+    if not found:
+        print("no orphans" if not cleaning else "nothing to remove")
+    else:
+        print(table(rows, ("ORPHAN", "DRIVE", "NODE", "USED", "FILES", "METADATA")))
+        if cleaning:
+            print(f"{len(found)} orphan(s) " + ("would be removed (check mode: nothing recorded)" if args.check
+                                                else "recorded for removal: the node moves them to the trash at its "
+                                                "next sync"))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import grpc
 
     from ..core.errors import DirectPVError
+
+    if args.action == "orphans":
+        try:
+            return orphans(args)
+        except DirectPVError as exc:
+            print(f"directpv-csi client orphans: {exc}", file=sys.stderr)
+            return 2
 
     try:
         c = Client(args.endpoint, args.timeout)

@@ -80,24 +80,25 @@ def _measure(top: str) -> tuple[int, int]:
     return files, used
 
 
-def node_mounts(store: Store, state_dir: Path, node_id: str) -> List[tuple[str, Path]]:
-    """This node's drives that are mounted where its registry mounts them (``state_dir/mnt/<id>``)."""
+def node_mounts(store: Store, state_dir: Path, node_id: Optional[str]) -> List[tuple[str, str, Path]]:
+    """(drive id, node, mount) of the drives (of ``node_id``; None: any) that are mounted where a
+    registry with this state dir mounts them (``state_dir/mnt/<id>``)."""
     out = []
     for d in sorted(store.list_drives(node=node_id), key=lambda d: d.drive_id):
         mp = Path(state_dir) / "mnt" / d.drive_id
         if os.path.ismount(mp):
-            out.append((d.drive_id, mp))
+            out.append((d.drive_id, d.node, mp))
     return out
 
 
-def list_orphans(store: Store, state_dir: Path, node_id: str, measure: bool = True) -> List[Orphan]:
+def list_orphans(store: Store, state_dir: Path, node_id: Optional[str], measure: bool = True) -> List[Orphan]:
     found: List[Orphan] = []
-    for drive_id, mp in node_mounts(store, state_dir, node_id):
-        found += find(store, drive_id, mp, node=node_id, measure=measure)
+    for drive_id, node, mp in node_mounts(store, state_dir, node_id):
+        found += find(store, drive_id, mp, node=node, measure=measure)
     return found
 
 
-def clean(store: Store, state_dir: Path, node_id: str, names: Sequence[str] = (), everything: bool = False,
+def clean(store: Store, state_dir: Path, node_id: Optional[str], names: Sequence[str] = (), everything: bool = False,
           drive_id: Optional[str] = None, check_mode: bool = False) -> List[Orphan]:
     """Record tombstones for the chosen orphans of this node (``names``, or ``everything``;
     ``drive_id`` narrows to one drive). Returns the orphans chosen (in check mode: that would be

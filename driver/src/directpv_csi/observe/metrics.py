@@ -14,7 +14,11 @@ Per drive of this node (labels ``drive`` = drive id, ``node``):
 - ``directpv_stats_drive_total_read_bytes`` / ``_total_write_bytes``: bytes read/written since
   boot, ``directpv_stats_drive_read_latency_seconds`` / ``_write_latency_seconds``: time spent
   on reads/writes since boot, ``directpv_stats_drive_wait_time_seconds``: weighted time in
-  queue since boot, all from ``/sys/class/block/<dev>/stat`` (``device/sysfs.read_block_stat``).
+  queue since boot, all from ``/sys/class/block/<dev>/stat`` (``device/sysfs.read_block_stat``);
+- ``directpv_orphan_volumes``: volume directories on the drive that no record and no tombstone
+  describes (kept, never removed automatically; node/orphans.py), as the registry's last check
+  found them; ``directpv_tombstones``: volumes deleted in the store whose directories the node
+  has still to move to the trash.
 
 They are exposed as gauges, as DirectPV does: prometheus_client appends ``_total`` to a counter's
 name, which would break dashboards written for DirectPV's names. They only grow (until the
@@ -107,11 +111,20 @@ class NodeCollector(Collector):
         rlat = family("read_latency_seconds", "Total time spent reading from the drive (seconds)")
         wlat = family("write_latency_seconds", "Total time spent writing to the drive (seconds)")
         wait = family("wait_time_seconds", "Weighted time I/O requests spent queued or in flight (seconds)")
+        orphans = GaugeMetricFamily("directpv_orphan_volumes", "Volume directories on the drive with neither a "
+                                    "record nor a tombstone (kept; remove them with the explicit orphans clean)",
+                                    labels=DRIVE_LABELS)
+        tombs = GaugeMetricFamily("directpv_tombstones", "Volumes deleted in the store whose directories the node "
+                                  "has still to move to the trash", labels=DRIVE_LABELS)
+        found = self.registry.orphans()
         for drive in self.store.list_drives(node=self.node_id):
             labels = [drive.drive_id, drive.node]
             md = self.registry.mounted(drive.drive_id)
             stat = read_block_stat(md.name, self.sysfs_root) if md is not None else None
             ready.add_metric(labels, 1 if drive.status == DRIVE_READY and stat is not None else 0)
+            if md is not None:
+                orphans.add_metric(labels, len(found.get(drive.drive_id, ())))
+                tombs.add_metric(labels, len(self.store.list_tombstones(drive.drive_id)))
             if stat is None:
                 continue
             rbytes.add_metric(labels, stat.read_bytes)
@@ -119,7 +132,7 @@ class NodeCollector(Collector):
             rlat.add_metric(labels, stat.read_ticks_ms / 1000)
             wlat.add_metric(labels, stat.write_ticks_ms / 1000)
             wait.add_metric(labels, stat.time_in_queue_ms / 1000)
-        yield from (ready, rbytes, wbytes, rlat, wlat, wait)
+        yield from (ready, rbytes, wbytes, rlat, wlat, wait, orphans, tombs)
 
 
 def new_registry() -> CollectorRegistry:
