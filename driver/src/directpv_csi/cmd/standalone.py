@@ -214,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
     lock_fd = -1
     try:
         _check_observe_args(args)
+        _topology(args.topology)  # bad flags: refused before the state directory is even created
         if args.role != "controller":  # before anything in the state directory is read or written
             lock_fd = lock_state_dir(args.state_dir)
         store, registry, servicers, identity = build(args)
@@ -288,6 +289,7 @@ def _node_reporter(args: argparse.Namespace, store: Any, registry: Any) -> Any:
     reporter = NodeReporter(store.api_client, registry.config.node_id,
                             JudgePolicy(allow_loop=registry.config.allow_loop), on_refresh=registry.request_sync)
     registry.on_probe = reporter.report
+    registry.on_orphans = reporter.report_orphans
     reporter.start()
     return reporter
 

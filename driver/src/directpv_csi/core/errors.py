@@ -18,8 +18,9 @@ def clip(value: object, limit: int = CLIP_BYTES) -> str:
     raw = text.encode("utf-8", "surrogateescape")
     if len(raw) <= limit:
         return text
-    cut = raw[:limit].decode("utf-8", "ignore")
-    return f"{cut}...({len(raw)} bytes)"
+    marker = f"...({len(raw)} bytes)"
+    cut = raw[:max(0, limit - len(marker))].decode("utf-8", "ignore")
+    return cut + marker
 
 
 class DirectPVError(Exception):

@@ -48,6 +48,7 @@ MAX_PARAMETERS_BYTES = 16 * 1024  # keys + values of a parameters map
 # The name becomes a directory on the drive: no slash, no "..", no control characters.
 # Every pattern is used with fullmatch: "$" alone would accept a trailing newline.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+VOLUME_NAME_RE = _NAME_RE  # for the node's check of the directory name (node/volumes.py)
 _LABEL_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 _LABEL_VALUE_RE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
 
@@ -83,6 +84,16 @@ def check_required(value: str, what: str, limit: int = MAX_ID_BYTES) -> str:
         raise InvalidArgument(f"{what} {clip(value, 40)!r} is {size} bytes long", f"pass at most {limit} bytes")
     if "\0" in value:
         raise InvalidArgument(f"{what} {clip(value)!r} contains a NUL byte", f"pass a valid {what}")
+    return value
+
+
+def check_volume_id(value: str, what: str = "volume_id") -> str:
+    """A volume id from a request: set, at most MAX_ID_BYTES, and shaped like the names
+    CreateVolume accepts (every id this driver issues is one): InvalidArgument otherwise."""
+    check_required(value, what)
+    if not _NAME_RE.fullmatch(value):
+        raise InvalidArgument(f"{what} {clip(value)!r} is not a volume id this driver issues",
+                              "pass the volume id CreateVolume returned (letters, digits, '.', '_', '-')")
     return value
 
 

@@ -40,7 +40,7 @@ from ..core.validation import (
     check_capabilities,
     check_expand,
     check_parameters_size,
-    check_required,
+    check_volume_id,
     check_volume_name,
     parse_parameters,
     size_fits,
@@ -246,7 +246,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     @rpc
     def DeleteVolume(self, request: csi_pb2.DeleteVolumeRequest,
                      context: grpc.ServicerContext) -> csi_pb2.DeleteVolumeResponse:
-        name = check_required(request.volume_id, "volume_id")
+        name = check_volume_id(request.volume_id)
         with self.inflight.hold(name):
             vol = self.store.read_volume(name)  # never answer OK for a volume another replica just made
             if vol is None:
@@ -264,7 +264,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     @rpc
     def ControllerExpandVolume(self, request: csi_pb2.ControllerExpandVolumeRequest,
                                context: grpc.ServicerContext) -> csi_pb2.ControllerExpandVolumeResponse:
-        name = check_required(request.volume_id, "volume_id")
+        name = check_volume_id(request.volume_id)
         if not request.HasField("capacity_range"):
             raise InvalidArgument(f"volume {name}: capacity range is missing", "pass required_bytes for the new size")
         if request.HasField("volume_capability"):
@@ -280,7 +280,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     @rpc
     def ValidateVolumeCapabilities(self, request: csi_pb2.ValidateVolumeCapabilitiesRequest,
                                    context: grpc.ServicerContext) -> csi_pb2.ValidateVolumeCapabilitiesResponse:
-        name = check_required(request.volume_id, "volume_id")
+        name = check_volume_id(request.volume_id)
         if not request.volume_capabilities:
             raise InvalidArgument("volume capabilities are missing", "pass at least one volume capability")
         if self.store.read_volume(name) is None:

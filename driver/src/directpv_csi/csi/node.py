@@ -42,7 +42,7 @@ from ..core.errors import (
     clip,
 )
 from ..core.models import DRIVE_READY, VOLUME_PENDING, VOLUME_READY, Volume
-from ..core.validation import PREFIX, capability_problem, check_required
+from ..core.validation import PREFIX, capability_problem, check_path_string, check_volume_id
 from ..device import mount as _mount
 from ..device import paths as _paths
 from ..node import made as _made
@@ -289,7 +289,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     @rpc
     def NodeStageVolume(self, request: csi_pb2.NodeStageVolumeRequest,
                         context: grpc.ServicerContext) -> csi_pb2.NodeStageVolumeResponse:
-        vid = check_required(request.volume_id, "volume_id")
+        vid = check_volume_id(request.volume_id)
         staging = self.config.check_path(request.staging_target_path, "staging_target_path")
         cap = _capability(request, f"volume {vid}")
         with self.inflight.hold(vid):
@@ -301,11 +301,6 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
             md = self._drive(vol)
             vol_dir = _volumes.volume_path(md.mount, vol.name)
             staged_with = vol.labels.get(LABEL_STAGED_WITH, "")
-            if vol.staging_path and vol.staging_path != staging and self._shows(vol.staging_path, md, vol_dir):
-                raise FailedPrecondition(
-                    f"volume {vid} is already staged at {vol.staging_path}, not {staging}",
-                    "unstage it there first",
-                )
             try:
                 where = self._open(staging, "staging_target_path")
             except NotFound:
@@ -315,6 +310,11 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                 ) from None
             with where:
                 self._inside_volume(where, "staging_target_path")
+                if vol.staging_path and vol.staging_path != staging and self._shows(vol.staging_path, md, vol_dir):
+                    raise FailedPrecondition(
+                        f"volume {vid} is already staged at {vol.staging_path}, not {clip(staging)}",
+                        "unstage it there first",
+                    )
                 fd = where.child()
                 if fd is None or not stat.S_ISDIR(os.fstat(fd).st_mode):
                     raise FailedPrecondition(
@@ -356,7 +356,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     @rpc
     def NodeUnstageVolume(self, request: csi_pb2.NodeUnstageVolumeRequest,
                           context: grpc.ServicerContext) -> csi_pb2.NodeUnstageVolumeResponse:
-        vid = check_required(request.volume_id, "volume_id")
+        vid = check_volume_id(request.volume_id)
         staging = self.config.check_path(request.staging_target_path, "staging_target_path")
         with self.inflight.hold(vid):
             vol = self.store.get_volume(vid)
@@ -396,13 +396,22 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
             elif vol is not None:  # drive lost: the mount may not even stat
                 recorded = path == vol.staging_path or path in vol.target_paths
                 ours = recorded and _mount.is_mount_root_fd(fd)
-            else:  # record gone: a bind of one of our drives
-                ours = _mount.is_mount_root_fd(fd) and self._ours_dev(os.fstat(fd).st_dev)
+            else:  # record gone: a bind of this volume's directory, or a target made for this volume
+                ours = _mount.is_mount_root_fd(fd) and self._ours_dev(os.fstat(fd).st_dev) and (
+                    self._shows_name(fd, vid) or (remove_made and self._made_for(path, vid)))
             where.forget()
             if ours:
                 where.unmount()
             if remove_made:
                 self._remove_made(where, vid)
+
+    def _shows_name(self, fd: int, vid: str) -> bool:
+        """True when ``fd`` shows the directory ``<drive>/<vid>`` of one of our mounted drives."""
+        return any(_shows_fd(fd, md, _volumes.volume_path(md.mount, vid)) for md in self.registry.mounted_drives())
+
+    def _made_for(self, path: str, vid: str) -> bool:
+        rec = self.made.get(path)
+        return rec is not None and rec.volume_id == vid
 
     def _remove_made(self, where: _Resolved, volume_id: str) -> None:
         rec = self.made.get(where.path)
@@ -418,8 +427,9 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
             return
         st = os.fstat(fd)
         mounted = _mount.is_mount_root_fd(fd)
+        born = _mount.birth_ns(fd)
         where.forget()
-        if (st.st_dev, st.st_ino) != (rec.dev, rec.ino) or not stat.S_ISDIR(st.st_mode):
+        if (st.st_dev, st.st_ino, born) != (rec.dev, rec.ino, rec.born) or not stat.S_ISDIR(st.st_mode):
             log.warning("%s is no longer the directory this node made: left alone", clip(where.path))
             self.made.remove(where.path)
             return
@@ -437,7 +447,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     @rpc
     def NodePublishVolume(self, request: csi_pb2.NodePublishVolumeRequest,
                           context: grpc.ServicerContext) -> csi_pb2.NodePublishVolumeResponse:
-        vid = check_required(request.volume_id, "volume_id")
+        vid = check_volume_id(request.volume_id)
         target = self.config.check_path(request.target_path, "target_path")
         cap = _capability(request, f"volume {vid}")
         if not request.staging_target_path:
@@ -519,7 +529,8 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                                          "retry the call")
             if made:
                 st = os.fstat(fd)
-                self.made.add(_made.Made(path=target, volume_id=vid, kind="dir", dev=st.st_dev, ino=st.st_ino))
+                self.made.add(_made.Made(path=target, volume_id=vid, kind="dir", dev=st.st_dev, ino=st.st_ino,
+                                         born=_mount.birth_ns(fd)))
         try:
             where.check_place(fd)
             _mount.bind_fd(sfd, fd)
@@ -552,7 +563,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     @rpc
     def NodeUnpublishVolume(self, request: csi_pb2.NodeUnpublishVolumeRequest,
                             context: grpc.ServicerContext) -> csi_pb2.NodeUnpublishVolumeResponse:
-        vid = check_required(request.volume_id, "volume_id")
+        vid = check_volume_id(request.volume_id)
         target = self.config.check_path(request.target_path, "target_path")
         with self.inflight.hold(vid):
             vol = self.store.get_volume(vid)
@@ -575,8 +586,8 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     @rpc
     def NodeExpandVolume(self, request: csi_pb2.NodeExpandVolumeRequest,
                          context: grpc.ServicerContext) -> csi_pb2.NodeExpandVolumeResponse:
-        vid = check_required(request.volume_id, "volume_id")
-        check_required(request.volume_path, "volume_path")
+        vid = check_volume_id(request.volume_id)
+        check_path_string(request.volume_path, "volume_path")
         if request.HasField("volume_capability"):
             _Cap(request.volume_capability, f"volume {vid}")
         required = request.capacity_range.required_bytes if request.HasField("capacity_range") else 0
@@ -607,8 +618,8 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     @rpc
     def NodeGetVolumeStats(self, request: csi_pb2.NodeGetVolumeStatsRequest,
                            context: grpc.ServicerContext) -> csi_pb2.NodeGetVolumeStatsResponse:
-        vid = check_required(request.volume_id, "volume_id")
-        check_required(request.volume_path, "volume_path")
+        vid = check_volume_id(request.volume_id)
+        check_path_string(request.volume_path, "volume_path")
         vol = self._volume(vid)
         if vol.node != self.config.node_id:
             raise NotFound(f"volume {vid} is not on node {self.config.node_id} (it lives on {vol.node})",

@@ -240,6 +240,25 @@ def is_mountpoint(path: str) -> bool:
     return any(m.mount_point == real for m in mounts())
 
 
+_STATX_BTIME = 0x800
+
+
+def birth_ns(fd: int) -> int:
+    """When the inode ``fd`` holds was born (statx btime, ns), or its ctime where the filesystem
+    keeps no birth time: with device and inode numbers it tells a directory from a later one that
+    reused the inode number."""
+    lib = _lib()
+    if hasattr(lib, "statx"):
+        buf = ctypes.create_string_buffer(256)
+        flags = _AT_SYMLINK_NOFOLLOW | _AT_NO_AUTOMOUNT | _AT_EMPTY_PATH
+        if lib.statx(fd, b"", flags, _STATX_BASIC_STATS | _STATX_BTIME, buf) == 0:
+            (mask,) = struct.unpack_from("=I", buf.raw, 0)
+            if mask & _STATX_BTIME:
+                sec, nsec = struct.unpack_from("=qI", buf.raw, 80)
+                return int(sec) * 1_000_000_000 + int(nsec)
+    return os.fstat(fd).st_ctime_ns
+
+
 def is_mount_root_fd(fd: int) -> bool:
     """True when the object ``fd`` holds (an O_PATH descriptor is enough) is the root of a mount."""
     st = _statx("", fd)

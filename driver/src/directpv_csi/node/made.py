@@ -4,8 +4,8 @@ NodePublishVolume creates the target directory when the container orchestrator h
 NodeUnpublishVolume must remove it again (CSI spec) - and nothing else: not a kubelet
 file, not a directory someone else made, not anything inside a volume. Each directory the
 node creates is recorded here, before it is mounted on, with the volume it was made for
-and the directory's device and inode numbers; cleanup removes a path only when it is
-recorded for that volume and still *is* that directory (same device and inode), and only
+and the directory's device and inode numbers and birth time; cleanup removes a path only when it is
+recorded for that volume and still *is* that directory (same device, inode and birth), and only
 with rmdir (empty directories only).
 
 The record is node-local and survives restarts: one small JSON file per path in
@@ -33,6 +33,7 @@ class Made:
     kind: str  # "dir" (block volumes would add "file")
     dev: int
     ino: int
+    born: int = 0  # birth time (ns) of the directory, or its ctime: an inode number can be reused
 
 
 class MadeRecords:
@@ -47,7 +48,7 @@ class MadeRecords:
         final = self._file(made.path)
         tmp = final.with_suffix(f".tmp{os.getpid()}")
         data = json.dumps({"path": made.path, "volume_id": made.volume_id, "kind": made.kind,
-                           "dev": made.dev, "ino": made.ino}).encode()
+                           "dev": made.dev, "ino": made.ino, "born": made.born}).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             os.write(fd, data)
@@ -61,7 +62,7 @@ class MadeRecords:
         try:
             raw = json.loads(self._file(path).read_bytes())
             made = Made(path=str(raw["path"]), volume_id=str(raw["volume_id"]), kind=str(raw["kind"]),
-                        dev=int(raw["dev"]), ino=int(raw["ino"]))
+                        dev=int(raw["dev"]), ino=int(raw["ino"]), born=int(raw.get("born", 0)))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from ..core.errors import FailedPrecondition, InvalidArgument, Unsupported
+from ..core.errors import FailedPrecondition, InvalidArgument, Unsupported, clip
 from ..core.models import Volume
+from ..core.validation import VOLUME_NAME_RE
 from ..device import quota
 
 log = logging.getLogger("directpv_csi.node")
@@ -46,10 +47,11 @@ def check_volume_name(name: str) -> None:
     """A volume name is one path component that is not hidden: InvalidArgument otherwise."""
     if not name:
         raise InvalidArgument("volume id is missing", "give the volume id returned by CreateVolume")
-    if "/" in name or "\0" in name or name.startswith(".") or len(name.encode()) > MAX_NAME_BYTES:
+    if len(name.encode()) > MAX_NAME_BYTES or not VOLUME_NAME_RE.fullmatch(name):
         raise InvalidArgument(
-            f"volume id {name!r} cannot name a directory on a drive",
-            "volume ids are one path component, not starting with '.', at most 255 bytes",
+            f"volume id {clip(name)!r} cannot name a directory on a drive",
+            "volume ids are one path component of letters, digits, '.', '_', '-' (not starting with '.'), "
+            "at most 255 bytes",
         )
 
 
