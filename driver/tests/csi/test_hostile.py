@@ -422,3 +422,22 @@ def test_a_second_server_on_one_state_dir_refuses_and_changes_nothing(
     finally:
         first.stop()
         unmount_under(short_dir)
+
+
+def test_the_node_role_takes_the_same_lock(short_dir: Path) -> None:
+    """`directpv-csi node` refuses a locked state dir before it even reads its kubeconfig."""
+    from directpv_csi.cmd.standalone import lock_state_dir
+
+    state = short_dir / "state"
+    fd = lock_state_dir(str(state))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "directpv_csi.cmd.main", "node", "--state-dir", str(state),
+             "--endpoint", "unix://" + str(short_dir / "node.sock"), "--node-id", "n1",
+             "--kubeconfig", str(short_dir / "no-such-kubeconfig"), "--kubelet-dir", str(short_dir / "kubelet"),
+             "--metrics-address", ""],
+            capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 1 and f"pid {os.getpid()}" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in state.iterdir()) == ["lock"]  # nothing else written

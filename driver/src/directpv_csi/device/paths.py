@@ -91,13 +91,19 @@ def _error(err: int, what: str, path: str) -> Exception:
 
 
 def _openat2(dir_fd: int, rel: str) -> int:
-    """openat2(dir_fd, rel, O_PATH|O_DIRECTORY, BENEATH|NO_SYMLINKS|NO_MAGICLINKS); -errno on failure."""
-    how = struct.pack("=QQQ", _OPEN_FLAGS | os.O_DIRECTORY, 0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS
-                      | RESOLVE_NO_MAGICLINKS)
+    """openat2(dir_fd, rel, O_PATH, BENEATH|NO_SYMLINKS|NO_MAGICLINKS) of a directory; -errno on
+    failure (no O_DIRECTORY: a trailing symlink must say ELOOP, not ENOTDIR)."""
+    how = struct.pack("=QQQ", _OPEN_FLAGS, 0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
     buf = ctypes.create_string_buffer(how, len(how))
     fd = int(_lib().syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dir_fd), ctypes.c_char_p(os.fsencode(rel)),
                             buf, ctypes.c_size_t(len(how))))
-    return fd if fd >= 0 else -ctypes.get_errno()
+    if fd < 0:
+        return -ctypes.get_errno()
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISDIR(mode):
+        os.close(fd)  # O_NOFOLLOW opened a trailing symlink as itself: refused like any other
+        return -(errno.ELOOP if stat.S_ISLNK(mode) else errno.ENOTDIR)
+    return fd
 
 
 def _walk(dir_fd: int, parts: Sequence[str]) -> int:
