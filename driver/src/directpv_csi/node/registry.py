@@ -97,6 +97,8 @@ class DriveRegistry:
         # Called with every full probe's devices (the kube node's DirectPVNode report); its errors
         # are its own: logged, never a failed sync.
         self.on_probe: Optional[Callable[[Sequence[Device]], object]] = None
+        # Called with ``orphans()`` whenever the orphans found change (the kube node's DirectPVNode report).
+        self.on_orphans: Optional[Callable[[Dict[str, tuple[str, ...]]], object]] = None
         self.synced_once = False
         self.last_error = ""
         self._orphans: Dict[str, tuple[str, ...]] = {}  # drive id -> orphan names (last gc)
@@ -445,6 +447,11 @@ class DriveRegistry:
                     self.store.report_orphans(md.drive_id, found)
                 except DirectPVError as exc:
                     log.warning("cannot report the orphans of drive %s: %s", md.drive_id, exc)
+            if self.on_orphans is not None:
+                try:
+                    self.on_orphans(self.orphans())
+                except Exception:
+                    log.exception("orphan report hook failed (the sync goes on)")
 
     def orphans(self) -> Dict[str, tuple[str, ...]]:
         """Orphan volume directories per mounted drive, as the last gc found them."""

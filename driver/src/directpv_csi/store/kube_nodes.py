@@ -5,6 +5,8 @@ verdict on each one, the same verdict the Ansible side gives (core/judge.py, row
 core/selection.device_row): available, available only with force, or why not.
 ``kubectl get directpvnodes`` then shows how many devices each node has and how many could
 become drives; ``-o yaml`` shows every device with its reasons (DirectPV's ``discover``).
+``status.orphans`` lists the orphan volume directories on the node's drives (no record, no
+tombstone: kept; node/orphans.py), ``status.orphanCount`` counts them (a printer column).
 
 Writes happen only when the report changed (a device came, went, or its verdict changed), so a
 quiet node writes nothing. ``spec.refresh: true`` (set by an operator: ``kubectl patch dpvn n1
@@ -79,6 +81,8 @@ class NodeReporter:
         self._api: Any = k8s.CustomObjectsApi(api_client)  # answers are plain dicts
         self._lock = threading.Lock()
         self._last: Optional[List[Obj]] = None  # the devices last written
+        self._orphans: List[Obj] = []  # [{drive, name}] as the registry last reported them
+        self._orphans_written: Optional[List[Obj]] = None
         self._refresh_pending = False
         self._answered_generation = 0  # metadata.generation of the last refresh request answered
         self._stop = threading.Event()
@@ -91,7 +95,7 @@ class NodeReporter:
         Never raises: an API error is logged and the next probe tries again."""
         rows = device_reports(devices, self.policy, self.node)
         with self._lock:
-            if rows == self._last and not self._refresh_pending:
+            if rows == self._last and not self._refresh_pending and self._orphans == self._orphans_written:
                 return False
             try:
                 self._write(rows)
@@ -101,12 +105,33 @@ class NodeReporter:
                 self._last = None
                 return False
             self._last = rows
+            self._orphans_written = list(self._orphans)
+            self.writes += 1
+            return True
+
+    def report_orphans(self, orphans: Dict[str, Sequence[str]]) -> bool:
+        """The registry's ``on_orphans`` hook: ``{drive id: orphan names}``; written with the last
+        device rows when it changed (True). Never raises."""
+        wanted = [{"drive": d, "name": n} for d in sorted(orphans) for n in sorted(orphans[d])]
+        with self._lock:
+            self._orphans = wanted
+            if self._last is None or wanted == self._orphans_written:
+                return False  # the next report() writes it with the devices
+            try:
+                self._write(self._last)
+            except Exception as exc:
+                log.warning("cannot write the orphans of node %s (DirectPVNode %s): %s; retrying on the next "
+                            "probe", self.node, self.node, exc)
+                self._orphans_written = None
+                return False
+            self._orphans_written = list(wanted)
             self.writes += 1
             return True
 
     def _write(self, rows: List[Obj]) -> None:
         available = sum(1 for r in rows if r["available"])
-        status = {"deviceCount": len(rows), "availableCount": available, "refreshedAt": _now(), "devices": rows}
+        status = {"deviceCount": len(rows), "availableCount": available, "refreshedAt": _now(), "devices": rows,
+                  "orphanCount": len(self._orphans), "orphans": list(self._orphans)}
         for _ in range(8):  # optimistic: a 409 means the object changed meanwhile (an operator's refresh)
             obj = self._get()
             if obj is None:
