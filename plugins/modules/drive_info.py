@@ -43,7 +43,8 @@ options:
     type: bool
     default: false
 notes:
-  - Needs read access to the devices (root) to detect filesystems.
+  - Runs without root. A device it cannot read (no permission) is reported as unreadable - never available -
+    with a warning; run it with C(become) to see what such devices hold.
 """
 
 EXAMPLES = r"""
@@ -138,13 +139,16 @@ summary:
     ours:
       description: DirectPV drives.
       type: int
+    unreadable:
+      description: Devices that could not be read (not available; run with become to read them).
+      type: int
 node:
   description: The node name used.
   returned: always
   type: str
 """
 
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.directpv.csi.plugins.module_utils._common import (
@@ -173,12 +177,19 @@ def argspec() -> Dict[str, Any]:
     return spec
 
 
-def discover(params: Dict[str, Any]) -> Dict[str, Any]:
+def discover(params: Dict[str, Any], warn: Callable[[str], None] = lambda _msg: None) -> Dict[str, Any]:
     node = node_name(params)
     devices, verdicts = judged(probe(), params)
     include_loop = params["include_loop"] or params["allow_loop"]
     rows = []
-    summary = {"total": len(devices), "listed": 0, "available": 0, "ours": 0}
+    summary = {"total": len(devices), "listed": 0, "available": 0, "ours": 0, "unreadable": 0}
+    unreadable = [d.name for d in devices if d.read_error]
+    summary["unreadable"] = len(unreadable)
+    if unreadable:
+        warn(
+            "{} device(s) could not be read and are reported as unreadable, not available: {} "
+            "(run with become: true to read them)".format(len(unreadable), ", ".join(unreadable[:20]))
+        )
     for dev in devices:
         verdict = verdicts[dev.name]
         row = device_row(dev, verdict, node, state_token(dev))
@@ -205,7 +216,7 @@ def discover(params: Dict[str, Any]) -> Dict[str, Any]:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argspec(), supports_check_mode=True)
-    run(module, lambda: discover(module.params))
+    run(module, lambda: discover(module.params, module.warn))
 
 
 if __name__ == "__main__":

@@ -138,6 +138,14 @@ def test_directpv_drive_is_refused_everywhere_and_left_unchanged(
         assert "MiB in use" in text and "migration path" in text
         assert "set force" not in text and "format it anyway" not in text and "again" not in text
 
+    # The node's DirectPVNode report (the judge's verdicts) says what it is.
+    from directpv_csi.store.kube_nodes import device_reports
+
+    (row,) = device_reports([d], LOOPS, "node-a")
+    assert not row["available"] and not row["availableWithForce"]
+    assert [r.split(":")[0] for r in row["reasons"]] == [m.REASON_DIRECTPV]
+    assert "MinIO DirectPV drive" in row["reasons"][0] and "format it" not in row["reasons"][0]
+
     # Never one of ours: the node's registry finds nothing, whether or not the probe identified it.
     assert fmt.find_our_drives([d]) == []
     assert fmt.find_our_drives(probe(names=[d.name], identify=False)) == []

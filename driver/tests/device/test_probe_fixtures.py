@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List
 
@@ -40,7 +41,16 @@ def server1(fixtures_dir: Path) -> Path:
 
 @pytest.fixture
 def devs(server1: Path) -> Dict[str, Device]:
-    return {d.name: d for d in _probe_host(server1, run_blkid=False)}
+    # The captured tree has no device nodes: every read fails (ENOENT) and marks the device unreadable.
+    # The judge's relations are what these tests check, so that mark is dropped here (test_signatures_...
+    # covers reading).
+    return {d.name: replace(d, read_error="") for d in _probe_host(server1, run_blkid=False)}
+
+
+def test_captured_tree_devices_are_unreadable_not_available(server1: Path) -> None:
+    got = {d.name: d for d in _probe_host(server1, run_blkid=False)}
+    assert got["sdb"].read_error
+    assert [r.code for r in judge(list(got.values()))["sdb"].reasons] == [m.REASON_UNREADABLE]
 
 
 def test_every_device_found(devs: Dict[str, Device]) -> None:
@@ -130,7 +140,8 @@ def test_signatures_from_device_nodes(fixtures_dir: Path, tmp_path: Path) -> Non
     (root / "dev" / "vda").mkdir()  # a node that cannot be read (EISDIR): fields empty, probe still succeeds
     errors: Dict[str, str] = {}
     got = {d.name: d for d in _probe_host(root, run_blkid=False, errors=errors)}
-    assert got[loops[0]].fs_type == "xfs" and got[loops[0]].fs_label == "DIRECTPV-CSI" and len(got[loops[0]].fs_uuid) == 36
+    loop = got[loops[0]]
+    assert loop.fs_type == "xfs" and loop.fs_label == "DIRECTPV-CSI" and len(loop.fs_uuid) == 36
     assert "vda" in errors and got["vda"].fs_type == ""
     v = judge(list(got.values()), JudgePolicy(allow_loop=True))
     assert [r.code for r in v[loops[0]].reasons] == [m.REASON_OURS]

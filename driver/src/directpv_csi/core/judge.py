@@ -38,6 +38,7 @@ from .models import (
     REASON_ROOT_DISK,
     REASON_SWAP,
     REASON_TOO_SMALL,
+    REASON_UNREADABLE,
     REASON_UNVERIFIED,
     Device,
     Reason,
@@ -77,6 +78,7 @@ REASON_TEXTS: Dict[str, str] = {
     REASON_DIRECTPV: "a MinIO DirectPV drive",
     REASON_UNVERIFIED: "labelled DIRECTPV but its files could not be read: it may be a MinIO DirectPV drive",
     REASON_HAS_DATA: "its filesystem holds files",
+    REASON_UNREADABLE: "cannot be read, so what it holds is unknown",
 }
 
 
@@ -208,6 +210,12 @@ def judge_one(dev: Device, policy: JudgePolicy, by_name: Dict[str, Device], root
         add(REASON_LOOP)
     if dev.removable and not policy.allow_removable:
         add(REASON_REMOVABLE)
+    if dev.read_error:
+        add(
+            REASON_UNREADABLE,
+            f"cannot be read ({dev.read_error}), so what it holds is unknown"
+            + ("; run as root (become: true)" if "ermission" in dev.read_error else ""),
+        )
     legacy_label = dev.fs_type == "xfs" and dev.fs_label == LEGACY_LABEL
     if is_ours(dev, policy.our_label):
         older = " by an earlier version" if dev.drive_kind == KIND_OURS_V1 else ""

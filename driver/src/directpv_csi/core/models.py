@@ -75,6 +75,7 @@ class Device:
     drive_kind: str = ""
     contents: Optional[Contents] = None
     inspect_error: str = ""  # why the filesystem could not be inspected
+    read_error: str = ""  # why the probe could not read the device's first bytes (e.g. no permission)
 
     @property
     def dev_path(self) -> str:
@@ -121,6 +122,7 @@ REASON_NOT_DISK = "not-a-disk"  # e.g. a device-mapper or md device we do not ma
 REASON_DIRECTPV = "directpv-drive"  # a MinIO DirectPV drive: never adopted, never formatted while it holds volumes
 REASON_UNVERIFIED = "unverified"  # labelled like a DirectPV-family drive, but its files could not be read
 REASON_HAS_DATA = "has-data"  # its filesystem holds files: formatting needs force and the device named
+REASON_UNREADABLE = "unreadable"  # the probe could not read it: what it holds is unknown
 
 
 @dataclass(frozen=True)

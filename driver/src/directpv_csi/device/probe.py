@@ -221,6 +221,7 @@ def probe(
                 loop_backing_file=b.loop_backing_file,
                 by_id=tuple(sorted(links)),
                 udev=udev,
+                read_error=unreadable.get(path, ""),
             )
         )
     if errors is not None:

@@ -7,9 +7,11 @@ device's signature is unchanged and execute_format is never reached), and error 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator
 
@@ -162,6 +164,112 @@ def test_absent_refuses_while_volumes_live_then_wipes(
         subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
     r = call(drive, gone, capsys)
     assert r["changed"] is False and "not a DirectPV drive" in r["msg"]
+
+
+def sha256_device(dev: str) -> str:
+    h = hashlib.sha256()
+    with open(dev, "rb") as f:
+        for chunk in iter(lambda: f.read(4 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.fixture
+def directpv_drive(loopdev: Callable[..., str], tmp_path: Path) -> str:
+    """A MinIO DirectPV drive as its initDevice and NodeStageVolume leave it, with two volumes holding data."""
+    d = loopdev("600M")
+    fsuuid = str(uuid.uuid4())
+    subprocess.run(["mkfs.xfs", "-q", "-i", "maxpct=50", "-m", f"uuid={fsuuid}", "-L", "DIRECTPV", d], check=True)
+    mp = tmp_path / "dpv"
+    mp.mkdir()
+    subprocess.run(["mount", d, str(mp)], check=True)
+    try:
+        os.symlink(".", mp / f".FSUUID.{fsuuid}")
+        (mp / ".directpv").mkdir()
+        (mp / ".directpv" / "meta.info").write_text(f"APP_NAME=directpv\nAPP_VERSION=v4.1.6\nFSUUID={fsuuid}\n")
+        for name in ("pvc-a", "pvc-b"):
+            (mp / f".FSUUID.{fsuuid}" / name).mkdir()
+            (mp / name / "data.bin").write_bytes(os.urandom(1 << 20))
+    finally:
+        subprocess.run(["umount", str(mp)], check=True)
+    return d
+
+
+def test_directpv_drive_is_refused_with_and_without_force(
+    directpv_drive: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = sha256_device(directpv_drive)
+    info = call(drive_info, {"allow_loop": True, "include_unavailable": True}, capsys)
+    row = next(d for d in info["devices"] if d["path"] == directpv_drive)
+    assert not row["available"] and not row["ours"] and [r["code"] for r in row["reasons"]] == ["directpv-drive"]
+    base = {"device": directpv_drive, "allow_loop": True}
+    for extra in ({}, {"force": True}, {"force": True, "safe_mode": False}, {"_ansible_check_mode": True}):
+        r = call(drive, dict(base, **extra), capsys)
+        assert r["failed"] and r["reasons"] == ["directpv-drive"], extra
+        assert "MinIO DirectPV drive" in r["msg"] and "2 volume directories" in r["msg"] and "migration" in r["msg"]
+        assert "set force" not in r["msg"] and "format it anyway" not in r["msg"]
+    r = call(drive, dict(base, force=True, expected_token=row["id"]), capsys)
+    assert r["failed"] and r["reasons"] == ["directpv-drive"]
+    r = call(drive, {"device": directpv_drive, "state": "absent", "wipe": True, "store_volumes": []}, capsys)
+    assert r["failed"] and "MinIO DirectPV drive" in r["msg"] and "never wiped here" in r["msg"]
+    r = call(drive, {"device": directpv_drive, "state": "absent"}, capsys)
+    assert r["changed"] is False and "MinIO DirectPV drive" in r["msg"]
+    assert sha256_device(directpv_drive) == before, "the module changed a DirectPV drive"
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def run_unprivileged(module: str, args: Dict[str, Any], tmp_path: Path) -> Dict[str, Any]:
+    """Run a module as user nobody (setpriv), with the system Python: the venv's interpreter lives under
+    /root, which nobody cannot enter; the venv's site-packages (ansible, this collection) are readable."""
+    import sys
+    import sysconfig
+
+    if not os.path.exists(SYSTEM_PYTHON):
+        pytest.skip(f"needs {SYSTEM_PYTHON} to run a module as an unprivileged user")
+    ver = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    if ver != str(sys.version_info[:2]):
+        pytest.skip(f"{SYSTEM_PYTHON} is {ver}, the venv's site-packages are built for {sys.version_info[:2]}")
+    import shutil
+    import tempfile
+
+    share = tempfile.mkdtemp(prefix="directpv-unpriv-")  # pytest's tmp_path sits under a 0700 directory
+    try:
+        os.chmod(share, 0o755)
+        argfile = os.path.join(share, "args.json")
+        with open(argfile, "w", encoding="utf-8") as f:
+            json.dump({"ANSIBLE_MODULE_ARGS": args}, f)
+        os.chmod(argfile, 0o644)
+        env = {"PATH": "/usr/bin:/bin", "HOME": share, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SYSTEM_PYTHON, "-m"]
+        cmd += [f"ansible_collections.directpv.csi.plugins.modules.{module}", argfile]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=share, check=False)
+    finally:
+        shutil.rmtree(share, ignore_errors=True)
+    assert out.stdout.strip(), out.stderr
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_drive_info_without_root_reports_unreadable_devices(ext4: str, tmp_path: Path) -> None:
+    r = run_unprivileged("drive_info", {"allow_loop": True, "include_unavailable": True}, tmp_path)
+    assert not r.get("failed"), r
+    row = next(d for d in r["devices"] if d["path"] == ext4)
+    assert row["available"] is False and row["available_with_force"] is False
+    assert [x["code"] for x in row["reasons"]] == ["unreadable"]
+    assert "become" in row["description"]
+    assert r["summary"]["unreadable"] >= 1 and r["summary"]["available"] == 0
+    warnings = json.dumps(r.get("warnings"))
+    assert os.path.basename(ext4) in warnings and "unreadable" in warnings
+    assert os.path.basename(ext4) not in [d["name"] for d in r["drives_yaml"]["drives"]]
+
+
+def test_drive_module_without_root_fails_early_with_a_become_hint(ext4: str, tmp_path: Path) -> None:
+    r = run_unprivileged("drive", {"device": ext4, "allow_loop": True, "force": True}, tmp_path)
+    assert r["failed"] and "needs root" in r["msg"] and "become" in r["hint"]
+    assert blkid(ext4)["TYPE"] == "ext4"
 
 
 def test_absent_leaves_foreign_filesystems_alone(ext4: str, capsys: pytest.CaptureFixture[str]) -> None:
