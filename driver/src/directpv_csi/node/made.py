@@ -10,8 +10,9 @@ with rmdir (empty directories only).
 
 The record is node-local and survives restarts: one small JSON file per path in
 ``STATE_DIR/made/`` named by the SHA-256 of the path, written atomically (temp file,
-fsync, rename, fsync of the directory). Calls on one volume are serialised by the
-in-flight table; distinct paths are distinct files.
+rename). No fsync on the hot path: a record lost to a power cut only leaves an empty
+directory behind (never removes anything), and a torn file reads as "not made by us".
+Calls on one volume are serialised by the in-flight table; distinct paths are distinct files.
 """
 
 from __future__ import annotations
@@ -52,11 +53,9 @@ class MadeRecords:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             os.write(fd, data)
-            os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, final)
-        self._sync_dir()
 
     def get(self, path: str) -> Optional[Made]:
         try:
@@ -74,7 +73,6 @@ class MadeRecords:
             os.unlink(self._file(path))
         except FileNotFoundError:
             return
-        self._sync_dir()
 
     def paths(self) -> list[str]:
         """Every recorded path (for tests and diagnostics)."""
@@ -90,10 +88,3 @@ class MadeRecords:
                 except (OSError, ValueError, KeyError, TypeError):
                     continue
         return out
-
-    def _sync_dir(self) -> None:
-        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
