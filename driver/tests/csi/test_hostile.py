@@ -357,6 +357,10 @@ def test_every_controller_input_class_gets_its_code(csi: Any) -> None:
         ("200 parameters", INVALID, lambda: c.CreateVolume(create_req("pvc-q", params=many))),
         ("label value with newline", INVALID, lambda: c.CreateVolume(
             create_req("pvc-l", params={"directpv.dev/rack": "r1\n"}))),
+        ("10 KB topology segment", INVALID, lambda: c.CreateVolume(
+            create_req("pvc-t", requisite=[{"directpv.dev/node": "n" * 20_000}]))),
+        ("200 topologies", INVALID, lambda: c.CreateVolume(
+            create_req("pvc-u", requisite=[{"directpv.dev/node": f"n{i}"} for i in range(200)]))),
         ("10 KB id, delete", INVALID, lambda: c.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=BIG))),
         ("10 KB id, expand", INVALID, lambda: c.ControllerExpandVolume(csi_pb2.ControllerExpandVolumeRequest(
             volume_id=BIG, capacity_range=csi_pb2.CapacityRange(required_bytes=1)))),

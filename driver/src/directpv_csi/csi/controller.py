@@ -32,6 +32,7 @@ from ..core.scheduler import Refusal, Request, choose, refusal_reason, summarize
 from ..core.units import format_size
 from ..core.validation import (
     DEFAULT_VOLUME_SIZE,
+    MAX_PARAMETERS,
     PARAM_CLAIM,
     PREFIX,
     TOPOLOGY_NODE,
@@ -121,6 +122,11 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         """Topology segments in the order they are tried (an empty dict = every drive)."""
         if req is None:
             return [{}]
+        if len(req.requisite) + len(req.preferred) > MAX_PARAMETERS:
+            raise InvalidArgument(f"accessibility requirements name {len(req.requisite) + len(req.preferred)} "
+                                  "topologies", f"pass at most {MAX_PARAMETERS}")
+        for t in [*req.requisite, *req.preferred]:
+            check_parameters_size(dict(t.segments), "a topology's segments")
         requisite = [dict(t.segments) for t in req.requisite]
         # the volume MUST be reachable from a requisite segment: a preferred one outside them is ignored
         preferred = [dict(t.segments) for t in req.preferred if not requisite or dict(t.segments) in requisite]
@@ -209,14 +215,14 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         parameters = dict(request.parameters)
         check_parameters_size(parameters)
         sched = parse_parameters(parameters, size)
+        tiers = self._tiers(request.accessibility_requirements
+                            if request.HasField("accessibility_requirements") else None)
 
         existing = self.store.get_volume(name)
         if existing is not None:
             return csi_pb2.CreateVolumeResponse(volume=self._volume_message(
                 self._compatible(existing, required, limit, parameters, request)))
 
-        tiers = self._tiers(request.accessibility_requirements
-                            if request.HasField("accessibility_requirements") else None)
         if sched.claim:
             with self._claim_lock(sched.claim):
                 vol = self._place(name, sched, parameters, tiers)
@@ -336,6 +342,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         check_parameters_size(dict(request.parameters))
         sched = parse_parameters(dict(request.parameters), 0)
         segments = dict(request.accessible_topology.segments) if request.HasField("accessible_topology") else {}
+        check_parameters_size(segments, "accessible_topology segments")
         total, largest = capacity(self._drives_for(segments), sched)
         resp = csi_pb2.GetCapacityResponse(available_capacity=total)
         resp.maximum_volume_size.value = largest
