@@ -168,7 +168,7 @@ def root_counts(root: str) -> Tuple[int, int]:
             vols += 1
     meta = 0
     with contextlib.suppress(OSError):
-        meta = sum(1 for _ in os.scandir(os.path.join(root, META_DIR, VOLUME_META_DIR)))
+        meta = sum(1 for _entry in os.scandir(os.path.join(root, META_DIR, VOLUME_META_DIR)))
     return vols, meta
 
 
@@ -201,7 +201,7 @@ def count(root: str, limit: int = WALK_LIMIT) -> Contents:
                     files += 1
                     continue
                 if stat.S_ISDIR(st.st_mode):
-                    if d == root and e.name == "lost+found" and not any(True for _ in os.scandir(e.path)):
+                    if d == root and e.name == "lost+found" and not any(True for _entry in os.scandir(e.path)):
                         continue  # made by mkfs.ext*: not data
                     dirs += 1
                     if st.st_dev == top:
