@@ -6,7 +6,10 @@ drive registry, on the Kubernetes store (CRDs in directpv.dev).
         [--metrics-address :10443]
 
 The registry finds the drives formatted by us on this node, mounts them under
-STATE_DIR/mnt/<drive id> and records them (Ready / Lost / Error) in the store. /metrics on
+STATE_DIR/mnt/<drive id> and records them (Ready / Lost / Error) in the store. Like
+`standalone`, it first takes STATE_DIR/lock: a second node server on the same state
+directory exits at once, having changed nothing. Target directories it creates are
+recorded in STATE_DIR/made (the only ones NodeUnpublishVolume ever removes). /metrics on
 --metrics-address carries DirectPV's volume and drive series (observe/metrics.py).
 """
 
