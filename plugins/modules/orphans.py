@@ -157,8 +157,8 @@ def main() -> None:
         result = json.loads(out)
     except ValueError:
         module.fail_json(msg=f"unexpected output of {' '.join(cmd)}: {out[:500]}", command=cmd)
-    module.exit_json(changed=bool(result.get("changed")) or (module.check_mode and params["state"] == "absent"
-                                                              and bool(result.get("orphans"))),
+    would_remove = module.check_mode and params["state"] == "absent" and bool(result.get("orphans"))
+    module.exit_json(changed=bool(result.get("changed")) or would_remove,
                      orphans=result.get("orphans", []), command=cmd)
 
 
