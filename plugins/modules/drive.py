@@ -96,9 +96,15 @@ options:
         C(DirectPVVolume) objects, or the embedded store) holds on this drive, as the
         P(directpv.csi.drives#role) role reads them. The wipe is refused while it is not empty - a reserved
         volume that was never staged has no directory yet.
-      - With O(safe_mode=true), O(wipe=true) needs it (an empty list when the store holds none).
+      - With O(safe_mode=true), O(wipe=true) needs it or O(store_state_dir) (an empty list when the store holds none).
     type: list
     elements: str
+  store_state_dir:
+    description:
+      - With O(state=absent) and O(wipe=true) - the state directory of a standalone node on this host. Its
+        embedded store (C(store.sqlite), opened read-only) is asked which volumes and pending deletions it holds
+        on the drive; the wipe is refused while there are any.
+    type: path
 """
 
 EXAMPLES = r"""
@@ -163,6 +169,7 @@ device:
   type: str
 """
 
+import contextlib
 import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -177,6 +184,7 @@ from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.errors
     CommandFailed,
     DeviceRefused,
     FailedPrecondition,
+    Unsupported,
 )
 from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.identity import KIND_DIRECTPV, OUR_LABEL
 from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.judge import is_ours
@@ -210,6 +218,7 @@ def argspec() -> Dict[str, Any]:
         reflink={"type": "bool"},
         wipe={"type": "bool", "default": False},
         store_volumes={"type": "list", "elements": "str"},
+        store_state_dir={"type": "path"},
     )
     return spec
 
@@ -224,6 +233,12 @@ def snapshot(dev: Device, label: str) -> Dict[str, Any]:
         "directpv_drive": is_ours(dev, label),
         "mountpoints": list(dev.mountpoints),
     }
+
+
+XFSPROGS = (
+    "install xfsprogs on this host - Debian/Ubuntu: apt-get install xfsprogs; "
+    "RHEL/Rocky/Alma/Fedora: dnf install xfsprogs"
+)
 
 
 def present(module: Any) -> Dict[str, Any]:
@@ -266,6 +281,8 @@ def present(module: Any) -> Dict[str, Any]:
             result["diff"] = {"before": before, "after": before}
         return result
     result["plan"]["action"] = "format"
+    if not module.get_bin_path("mkfs.xfs"):
+        raise Unsupported("mkfs.xfs is not installed on this host (searched PATH and the sbin directories)", XFSPROGS)
     after = dict(before, filesystem="xfs", label=plan.label, fs_uuid=plan.drive_id, directpv_drive=True)
     drive = {"drive_id": plan.drive_id, "device": dev.dev_path, "adopted": False}
     if not module.check_mode:
@@ -290,6 +307,37 @@ def drive_content(dev: Device) -> Tuple[List[str], List[str], List[str]]:
         except FileNotFoundError:
             vmeta = []
     return volumes, vmeta, other
+
+
+STORE_FILE = "store.sqlite"  # the embedded store of a standalone node (driver: store/embedded.py)
+
+
+def embedded_store_volumes(state_dir: str, drive_id: str) -> List[str]:
+    """Volumes and pending deletions (tombstones) the embedded store holds on ``drive_id``, read-only.
+
+    Reads the tables ``volumes`` and ``tombstones`` of the driver's schema (store/embedded.py)."""
+    import sqlite3
+
+    path = os.path.join(state_dir, STORE_FILE)
+    if not os.path.isfile(path):
+        raise FailedPrecondition(
+            f"no embedded store at {path}",
+            "set store_state_dir (role: directpv_state_dir) to the node's state dir, or use the cluster's store",
+        )
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            names = [r[0] for r in con.execute("SELECT name FROM volumes WHERE drive_id = ?", (drive_id,))]
+            with contextlib.suppress(sqlite3.OperationalError):  # a store from before tombstones
+                names += [
+                    f"{r[0]} (pending deletion)"
+                    for r in con.execute("SELECT name FROM tombstones WHERE drive_id = ?", (drive_id,))
+                ]
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise FailedPrecondition(f"cannot read the embedded store {path}: {exc}", "check the state dir") from None
+    return sorted(names)
 
 
 def ours(dev: Device, label: str) -> Optional[Device]:
@@ -321,14 +369,17 @@ def absent(module: Any) -> Dict[str, Any]:
             msg=f"{dev.dev_path} is not a DirectPV drive; nothing to release",
         )
         return result
-    if p["wipe"] and p["store_volumes"]:
-        names = sorted(p["store_volumes"])
+    held = list(p["store_volumes"] or [])
+    if p["wipe"] and p["store_state_dir"]:
+        held += embedded_store_volumes(p["store_state_dir"], drive.fs_uuid)
+    if p["wipe"] and held:
+        names = sorted(held)
         raise FailedPrecondition(
             f"refusing to wipe drive {drive.fs_uuid} ({dev.dev_path}): the store holds {len(names)} volume(s) on it: "
             + ", ".join(names[:10]),
             "delete those volumes (their PVCs) first; a reserved volume has no directory until it is first used",
         )
-    if p["wipe"] and p["store_volumes"] is None and p["safe_mode"]:
+    if p["wipe"] and p["store_volumes"] is None and not p["store_state_dir"] and p["safe_mode"]:
         raise FailedPrecondition(
             f"safe_mode: refusing to wipe drive {drive.fs_uuid} ({dev.dev_path}) without the store's answer",
             "pass store_volumes (the volumes the store holds on the drive; the directpv.csi.drives role reads "
@@ -374,7 +425,10 @@ def absent(module: Any) -> Dict[str, Any]:
             raise FailedPrecondition(
                 f"{dev.dev_path} changed while it was being released: no longer our XFS", "inspect it"
             )
-        rc, out, err = module.run_command(cmd, environ_update={"LC_ALL": "C"})
+        exe = module.get_bin_path(cmd[0])
+        if not exe:
+            raise Unsupported(f"{cmd[0]} is not installed on this host", "install util-linux")
+        rc, out, err = module.run_command([exe, *cmd[1:]], environ_update={"LC_ALL": "C"})
         if rc != 0:
             raise CommandFailed(
                 f"{' '.join(cmd)} failed (exit {rc}): {(err or out).strip()}",

@@ -146,6 +146,12 @@ node:
   description: The node name used.
   returned: always
   type: str
+tools:
+  description:
+    - Paths of the tools the other modules run on this host (C(mkfs.xfs), C(wipefs)), found like
+      C(get_bin_path) - PATH and the sbin directories; empty when missing (install xfsprogs / util-linux).
+  returned: always
+  type: dict
 """
 
 from typing import Any, Callable, Dict
@@ -177,7 +183,14 @@ def argspec() -> Dict[str, Any]:
     return spec
 
 
-def discover(params: Dict[str, Any], warn: Callable[[str], None] = lambda _msg: None) -> Dict[str, Any]:
+TOOLS = ("mkfs.xfs", "wipefs")
+
+
+def discover(
+    params: Dict[str, Any],
+    warn: Callable[[str], None] = lambda _msg: None,
+    bin_path: Callable[[str], Any] = lambda _name: None,
+) -> Dict[str, Any]:
     node = node_name(params)
     devices, verdicts = judged(probe(), params)
     include_loop = params["include_loop"] or params["allow_loop"]
@@ -211,12 +224,13 @@ def discover(params: Dict[str, Any], warn: Callable[[str], None] = lambda _msg: 
         "table": format_table([table_cells(r) for r in rows]),
         "drives_yaml": drives_yaml_node(node, rows),
         "summary": summary,
+        "tools": {t: bin_path(t) or "" for t in TOOLS},
     }
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argspec(), supports_check_mode=True)
-    run(module, lambda: discover(module.params, module.warn))
+    run(module, lambda: discover(module.params, module.warn, module.get_bin_path))
 
 
 if __name__ == "__main__":

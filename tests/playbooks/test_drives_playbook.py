@@ -27,7 +27,7 @@ FormatCheck = Callable[[str], bool]
 
 def is_ours(dev: str) -> bool:
     p = blkid(dev)
-    return p.get("TYPE") == "xfs" and p.get("LABEL") == "DIRECTPV"
+    return p.get("TYPE") == "xfs" and p.get("LABEL") == "DIRECTPV-CSI"
 
 
 def ext4_with_data(dev: str, mnt: Path) -> str:
@@ -164,10 +164,34 @@ BAD = {
         "host yaml-select: {file}: nodes[0] (yaml-select): drives[0] (loop0): select is 'maybe'",
     ),
     "filters-without-auto-select": (
-        {"directpv_drive_filters": {"min_size": "1Gi"}},
+        {"directpv_drive_filters": {"min_size": "1Gi"}, "directpv_drives": ["loop0"]},
         None,
-        "host filters-without-auto-select: directpv_drives must be a list",
+        "host filters-without-auto-select: directpv_drive_filters is set ({{'min_size': '1Gi'}}) but "
+        "directpv_drive_auto_select is false",
     ),
+    "drives-not-a-list": (
+        {"directpv_drives": "loop0"},
+        None,
+        "host drives-not-a-list: directpv_drives must be a list of devices",
+    ),
+    "misspelled": (
+        {"directpv_drive": ["loop0"]},
+        None,
+        "host misspelled selects no drive: directpv_drives, directpv_drives_yaml and directpv_drive_auto_select "
+        "are all unset. directpv_drive is set: did you mean directpv_drives?",
+    ),
+    "nothing-set": ({}, None, "host nothing-set selects no drive"),
+    "label-of-directpv": (
+        {"directpv_drives": ["loop0"], "directpv_drive_label": "DIRECTPV"},
+        None,
+        "host label-of-directpv: directpv_drive_label DIRECTPV cannot be used",
+    ),
+}
+# Each bad host's message says only what is wrong with it (not the other rules).
+NOT_SAID = {
+    "filters-without-auto-select": "must be a list",
+    "drives-not-a-list": "directpv_drive_filters",
+    "misspelled": "must be a list",
 }
 
 
@@ -192,6 +216,8 @@ def test_bad_inventory_fails_naming_host_and_problem_and_formats_nothing(
     for host, message in expect.items():
         mine = run.messages(host)
         assert any(message in m for m in mine), (host, message, mine)
+        if host in NOT_SAID:
+            assert not any(NOT_SAID[host] in m for m in mine), (host, mine)
     assert any("nothing is formatted on any host" in m for m in run.messages("good"))
     assert blkid(good) == {}, "bad inventories elsewhere must leave the good host's drive untouched"
 
@@ -227,3 +253,70 @@ def test_discover_then_drives_yaml_round_trip(
     assert run.rc == 0, run.failures()
     assert is_ours(mine["w1"][0]) and is_ours(mine["w2"][0])
     assert blkid(mine["w1"][1]) == {}
+
+
+def test_an_empty_host_on_purpose(
+    loopdev: Callable[..., str], inventory: Callable[..., Path], playbook: Callable[..., Run]
+) -> None:
+    dev = loopdev("600M")
+    inv = inventory({"w1": {"directpv_drives": [dev]}, "spare": {"directpv_allow_empty": True}})
+    run = playbook("drives.yml", inv)
+    assert run.rc == 0, run.failures()
+    assert is_ours(dev)
+
+
+def test_check_mode_shows_the_drive_id_the_format_uses(
+    loopdev: Callable[..., str], inventory: Callable[..., Path], playbook: Callable[..., Run]
+) -> None:
+    dev = loopdev("600M")
+    inv = inventory({"w1": {"directpv_drives": [dev]}})
+    run = playbook("drives.yml", inv)
+    assert run.rc == 0, run.failures()
+    planned = run.results("Plan each selected drive")["w1"]["results"][0]
+    done = _per_host_drive(run)["w1"]
+    assert planned["drive"]["drive_id"] == done["drive"]["drive_id"] == blkid(dev)["UUID"]
+    assert planned["plan"]["commands"][0][4] == "uuid=" + blkid(dev)["UUID"]
+
+
+def test_release_wipe_refused_while_the_embedded_store_holds_a_reservation(
+    loopdev: Callable[..., str], inventory: Callable[..., Path], playbook: Callable[..., Run], tmp_path: Path
+) -> None:
+    from directpv_csi.core.models import Drive, Volume
+    from directpv_csi.store.embedded import EmbeddedStore
+
+    dev = loopdev("600M")
+    run = playbook("drives.yml", inventory({"w1": {"directpv_drives": [dev]}}))
+    assert run.rc == 0, run.failures()
+    drive_id = blkid(dev)["UUID"]
+    state = tmp_path / "state"
+    state.mkdir()
+    store = EmbeddedStore(str(state / "store.sqlite"))
+    try:
+        store.put_drive(Drive(drive_id=drive_id, node="w1", name=os.path.basename(dev), total=500 << 20))
+        # Reserved, never staged: no directory on the drive, only the store knows it.
+        store.reserve_volume(Volume(name="pvc-reserved", drive_id=drive_id, node="w1", size=64 << 20, project_id=0))
+    finally:
+        store.close()
+    release = {
+        "directpv_allow_empty": True,
+        "directpv_release_drives": [dev],
+        "directpv_release_wipe": True,
+        "directpv_store": "embedded",
+        "directpv_state_dir": str(state),
+    }
+    run = playbook("drives.yml", inventory({"w1": release}))
+    assert run.rc != 0
+    msgs = [str(r.get("msg", "")) for r in run.results("Release each drive")["w1"]["results"]]
+    assert any("pvc-reserved" in m and "the store holds 1 volume" in m for m in msgs), msgs
+    assert blkid(dev)["UUID"] == drive_id, "the drive was wiped while the store held a reservation on it"
+
+    store = EmbeddedStore(str(state / "store.sqlite"))
+    try:
+        store.delete_volume("pvc-reserved")
+        for t in store.list_tombstones(drive_id):
+            store.clear_tombstone(t.drive_id, t.name, t.uid)
+    finally:
+        store.close()
+    run = playbook("drives.yml", inventory({"w1": release}))
+    assert run.rc == 0, run.failures()
+    assert blkid(dev) == {}, "released and wiped once the store holds nothing on it"

@@ -546,8 +546,9 @@ def select(
                 Problem(
                     req.ref,
                     f"{label}{at}: refusing to format {dev.dev_path}: {verdict.description}",
-                    "formatting destroys it; to format anyway set force: true on this entry of directpv_drives "
-                    f"({{device: {req.ref}, force: true}}) or directpv_force: true",
+                    "formatting would destroy what it holds: choose an empty device. Only if its contents are "
+                    "backed up or no longer needed, mark this entry of directpv_drives "
+                    f"({{device: {req.ref}, force: true}}) or set directpv_force: true",
                 )
             )
             continue
