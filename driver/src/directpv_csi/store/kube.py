@@ -168,8 +168,8 @@ def volume_of(obj: Obj) -> Volume:
 def tombstones_of(obj: Obj) -> List[Tombstone]:
     st: Obj = obj.get("status") or {}
     node = (obj.get("spec") or {}).get("node", "")
-    return sorted((Tombstone(drive_id=obj["metadata"]["name"], node=node, name=str(t["name"]), uid=str(t.get("uid", "")),
-                             project_id=int(t["projectID"]), size=int(t.get("size", 0)),
+    return sorted((Tombstone(drive_id=obj["metadata"]["name"], node=node, name=str(t["name"]),
+                             uid=str(t.get("uid", "")), project_id=int(t["projectID"]), size=int(t.get("size", 0)),
                              deleted_at=float(t.get("deletedAt", 0.0)))
                    for t in (st.get("tombstones") or {}).values()), key=lambda t: (t.name, t.uid))
 
@@ -916,7 +916,8 @@ class KubeStore:
                 raise NotFound(f"drive {tombstone.drive_id} not found", "list drives to see the known ids")
             st = cur["status"]
             live = self.read_volume(tombstone.name)
-            if (live is not None and live.drive_id == tombstone.drive_id) or tombstone.name in (st.get("volumes") or {}):
+            ledger: Obj = st.get("volumes") or {}
+            if (live is not None and live.drive_id == tombstone.drive_id) or tombstone.name in ledger:
                 raise FailedPrecondition(f"volume {tombstone.name} is recorded on drive {tombstone.drive_id}",
                                          "delete it with DeleteVolume (delete its PVC), not as an orphan")
             tombs: Obj = dict(st.get("tombstones") or {})
