@@ -141,7 +141,7 @@ class UeventMonitor:
             if first is not None:
                 timeout = max(0.0, min(last + self.debounce_s, first + self.max_delay_s) - time.monotonic())
             try:
-                ready, _, _ = select.select([fd, self._wake_r], [], [], timeout)
+                ready = select.select([fd, self._wake_r], [], [], timeout)[0]
             except OSError as exc:
                 log.warning("uevent monitor stopped (%s); the periodic scan remains", exc)
                 return
