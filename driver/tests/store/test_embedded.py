@@ -85,3 +85,44 @@ def test_group_commit_keeps_each_write_atomic(tmp_path: Path) -> None:
     st.close()
     with pytest.raises(FailedPrecondition):
         st.put_drive(Drive(drive_id="d2", node="n1", name="sdc", total=GiB))
+
+
+def test_schema_1_store_gains_uids_and_tombstones(tmp_path: Path) -> None:
+    """A store written by a version before tombstones (schema 1: no uid column, no tombstones table)
+    opens with a uid for every volume (distinct), its allocations unchanged, and deletes with tombstones."""
+    path = str(tmp_path / "old.sqlite")
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+        CREATE TABLE drives (drive_id TEXT PRIMARY KEY, node TEXT NOT NULL, name TEXT NOT NULL,
+            total INTEGER NOT NULL, allocated INTEGER NOT NULL DEFAULT 0, volume_count INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL, schedulable INTEGER NOT NULL, access_tier TEXT NOT NULL, make TEXT NOT NULL,
+            mountpoint TEXT NOT NULL, message TEXT NOT NULL, labels TEXT NOT NULL, topology TEXT NOT NULL,
+            generation INTEGER NOT NULL);
+        CREATE TABLE volumes (name TEXT PRIMARY KEY, drive_id TEXT NOT NULL REFERENCES drives(drive_id),
+            node TEXT NOT NULL, size INTEGER NOT NULL, project_id INTEGER NOT NULL, status TEXT NOT NULL,
+            parameters TEXT NOT NULL, staging_path TEXT NOT NULL, target_paths TEXT NOT NULL,
+            read_only_targets TEXT NOT NULL, labels TEXT NOT NULL, created_at REAL NOT NULL,
+            generation INTEGER NOT NULL, UNIQUE (drive_id, project_id));
+        INSERT INTO drives VALUES ('d1', 'n1', 'sdb', 10737418240, 2147483648, 2, 'Ready', 1, 'Default', '', '',
+                                   '', '{}', '{}', 3);
+        INSERT INTO volumes VALUES ('v1', 'd1', 'n1', 1073741824, 1, 'Ready', '{}', '', '[]', '[]', '{}', 1.0, 1);
+        INSERT INTO volumes VALUES ('v2', 'd1', 'n1', 1073741824, 2, 'Pending', '{}', '', '[]', '[]', '{}', 2.0, 1);
+    """)
+    old.commit()
+    old.close()
+    st = EmbeddedStore(path)
+    try:
+        uids = {v.name: v.uid for v in st.list_volumes()}
+        assert set(uids) == {"v1", "v2"} and all(len(u) == 32 for u in uids.values()) and len(set(uids.values())) == 2
+        assert st.check() == [] and st.get_drive("d1").allocated == 2 * GiB  # type: ignore[union-attr]
+        st.delete_volume("v1")
+        assert [(t.name, t.uid) for t in st.list_tombstones("d1")] == [("v1", uids["v1"])]
+    finally:
+        st.close()
+    again = EmbeddedStore(path)  # migrated once: the uids stay
+    try:
+        assert again.get_volume("v2").uid == uids["v2"]  # type: ignore[union-attr]
+    finally:
+        again.close()
