@@ -33,7 +33,7 @@ from directpv_csi.store.kube_nodes import NODES
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from testsupport import eventually, needs_root
+from testsupport import PYTHON, eventually, needs_root
 
 from .cluster import CRD_DIR, node_process
 
@@ -191,6 +191,25 @@ def test_crds_deleted_and_recreated_volumes_restored(
         survivor = sorted(digests)[1]
         assert _digest(str(mnt / survivor)) == digests[survivor]
         assert (mnt / "pvc-orphan" / "keep.bin").read_bytes() == b"k" * 4096
+
+        # the explicit clean through the CLI on the kube store: preview, then removal by the node
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([PYTHON, "-m", "directpv_csi.cmd.main", "client", "orphans", "--state-dir",
+                                   str(workdir / "state"), "--kubeconfig", str(cp.kubeconfig), *args],
+                                  capture_output=True, text=True, timeout=120)
+
+        listed = cli()
+        assert listed.returncode == 0 and "pvc-orphan" in listed.stdout, listed.stderr
+        preview = cli("--clean", "pvc-orphan", "--check")
+        assert preview.returncode == 0 and "would be removed" in preview.stdout, preview.stderr
+        assert store.list_tombstones(drive) == []
+        refused = cli("--clean", survivor)
+        assert refused.returncode == 2 and "not an orphan" in refused.stderr
+        done = cli("--clean", "pvc-orphan")
+        assert done.returncode == 0, done.stderr
+        assert eventually(lambda: not (mnt / "pvc-orphan").exists(), 30), proc.tail()
+        assert eventually(lambda: ((report() or {}).get("status") or {}).get("orphanCount") == 0, 30)
+        assert _digest(str(mnt / survivor)) == digests[survivor]
     finally:
         proc.stop()
         store.close()
