@@ -366,3 +366,43 @@ def test_a_directory_of_another_incarnation_is_not_the_tombstones_to_remove(
         assert _digest(str(mp / "pvc-other")) == digest  # another incarnation's: kept, an orphan
         assert node.store.list_tombstones(drive.drive_id) == []
         assert node.registry.orphans() == {drive.drive_id: ("pvc-other",)}
+
+
+def test_orphans_with_metadata_on_a_known_drive_are_restored_on_request(
+    backend: Backend, node_env: Dict[str, Path], make_drive: Callable[..., OurDrive]
+) -> None:
+    """A drive whose record came back without its volumes' (a restore interrupted half-way, objects
+    deleted by hand): the volumes are orphans, kept; the operator restores them explicitly."""
+    from directpv_csi.core.models import Drive
+    from directpv_csi.node import orphans as orph
+
+    drive = make_drive()
+    digests: Dict[str, str] = {}
+    with running_node(backend, node_env) as node:
+        for name in ("pvc-r1", "pvc-r2"):
+            v = _reserve(node.store, drive.drive_id, name)
+            digests[name] = _write(node.publish(v.name), name)
+            node.release(v.name)
+        before = _accounting(node.store, drive.drive_id)
+    backend.lose()
+    store = backend.open()
+    try:
+        store.put_drive(Drive(drive_id=drive.drive_id, node="node-a", name="", total=300 * MiB))
+    finally:
+        store.close()
+    with running_node(backend, node_env) as node:
+        assert node.registry.restored == []  # the drive was known: nothing restored by itself
+        assert node.registry.orphans() == {drive.drive_id: ("pvc-r1", "pvc-r2")}
+        plan = orph.restore(node.store, node.config.state_dir, "node-a", everything=True, check_mode=True)
+        assert [o.name for o in plan] == ["pvc-r1", "pvc-r2"] and node.store.list_volumes() == []
+        assert [o.name for o in orph.restore(node.store, node.config.state_dir, "node-a", names=["pvc-r1"])] == \
+            ["pvc-r1"]
+        assert _digest(node.publish("pvc-r1")) == digests["pvc-r1"]
+        node.release("pvc-r1")
+        node.registry.sync()
+        assert node.registry.orphans() == {drive.drive_id: ("pvc-r2",)}
+        orph.restore(node.store, node.config.state_dir, "node-a", everything=True)
+        node.registry.sync()
+        assert node.registry.orphans() == {}
+        assert _accounting(node.store, drive.drive_id) == before
+        assert _digest(node.publish("pvc-r2")) == digests["pvc-r2"]

@@ -7,6 +7,7 @@
     directpv-csi client orphans --state-dir /var/lib/directpv-csi [--kubeconfig FILE]
     directpv-csi client orphans --state-dir ... --clean pvc-x --check   # preview: what would go
     directpv-csi client orphans --state-dir ... --clean pvc-x           # the node then removes it
+    directpv-csi client orphans --state-dir ... --restore pvc-x         # record it again from its metadata
 
 It does what a container orchestrator does, one call at a time: useful for demos,
 for single-host use of standalone mode, and for poking at a running driver.
@@ -88,7 +89,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--drive", default="", help="only this drive id")
     o.add_argument("--clean", action="append", default=[], metavar="NAME", help="orphan to remove (repeatable)")
     o.add_argument("--clean-all", action="store_true", help="remove every orphan listed")
-    o.add_argument("--check", action="store_true", help="with --clean: preview what would go, record nothing")
+    o.add_argument("--restore", action="append", default=[], metavar="NAME",
+                   help="record the orphan again from its on-drive metadata (repeatable)")
+    o.add_argument("--restore-all", action="store_true", help="restore every orphan that has metadata")
+    o.add_argument("--check", action="store_true", help="with --clean/--restore: preview, record nothing")
     o.add_argument("--json", action="store_true", help="print JSON")
 
     i = sub.add_parser("info", help="plugin, drives, capacity, volumes and usage")
@@ -365,6 +369,10 @@ def orphans(args: argparse.Namespace) -> int:
     from ..node import orphans as _orphans
 
     cleaning = bool(args.clean or args.clean_all)
+    restoring = bool(args.restore or args.restore_all)
+    if cleaning and restoring:
+        print("directpv-csi client orphans: --clean and --restore exclude each other", file=sys.stderr)
+        return 2
     store: Any
     if args.kubeconfig:
         from ..store.kube import KubeStore
@@ -373,11 +381,14 @@ def orphans(args: argparse.Namespace) -> int:
     else:
         from ..store.embedded import EmbeddedStore
 
-        store = EmbeddedStore(os.path.join(args.state_dir, "store.sqlite"), read_only=not cleaning)
+        store = EmbeddedStore(os.path.join(args.state_dir, "store.sqlite"), read_only=not (cleaning or restoring))
     try:
         node = args.node or None
         drive = args.drive or None
-        if cleaning:
+        if restoring:
+            found = _orphans.restore(store, Path(args.state_dir), node, names=args.restore,
+                                     everything=args.restore_all, check_mode=args.check)
+        elif cleaning:
             found = _orphans.clean(store, Path(args.state_dir), node, names=args.clean, everything=args.clean_all,
                                    drive_id=drive, check_mode=args.check)
         else:
@@ -386,7 +397,8 @@ def orphans(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        print(json.dumps({"orphans": [o.to_dict() for o in found], "changed": cleaning and not args.check
+        print(json.dumps({"orphans": [o.to_dict() for o in found], "changed": (cleaning or restoring)
+                          and not args.check
                           and bool(found), "check_mode": bool(args.check)}, indent=1))
         return 0
     rows = [(o.name, o.drive_id, o.node, format_size(o.bytes_used), str(o.files),
@@ -395,7 +407,10 @@ def orphans(args: argparse.Namespace) -> int:
         print("no orphans" if not cleaning else "nothing to remove")
     else:
         print(table(rows, ("ORPHAN", "DRIVE", "NODE", "USED", "FILES", "METADATA")))
-        if cleaning:
+        if restoring:
+            print(f"{len(found)} orphan(s) " + ("would be restored (check mode: nothing recorded)" if args.check
+                                                else "restored: their volumes are recorded again"))
+        elif cleaning:
             print(f"{len(found)} orphan(s) " + ("would be removed (check mode: nothing recorded)" if args.check
                                                 else "recorded for removal: the node moves them to the trash at its "
                                                 "next sync"))

@@ -5,6 +5,11 @@ the operator's explicit removal (:func:`clean`: ``directpv-csi client orphans``)
 never done here: ``clean`` records a tombstone for each chosen orphan in the store, and the
 node that holds the drive then moves it to the trash like any deleted volume. ``check_mode``
 lists what would go and records nothing.
+
+:func:`restore` is the other way out for an orphan that has its metadata file (its record was
+lost while its drive stayed known, e.g. a node that crashed half-way through restoring a lost
+store, or a volume object deleted by hand): it records the volume again from that file, exactly
+as registering an unknown drive does, never over-writing a record.
 """
 
 from __future__ import annotations
@@ -124,4 +129,28 @@ def clean(store: Store, state_dir: Path, node_id: Optional[str], names: Sequence
     for o in chosen:
         store.add_tombstone(Tombstone(drive_id=o.drive_id, node=o.node, name=o.name, uid=o.uid,
                                       project_id=o.project_id))
+    return chosen
+
+
+def restore(store: Store, state_dir: Path, node_id: Optional[str], names: Sequence[str] = (),
+            everything: bool = False, check_mode: bool = False) -> List[Orphan]:
+    """Record again, from their metadata files, the chosen orphans (``names`` or ``everything``)
+    that have one. Returns the orphans restored (would be, in check mode). An orphan without a
+    metadata file cannot be restored (FailedPrecondition, nothing recorded); restore_volume's
+    refusals (a name recorded elsewhere, a project id taken) are raised as they come."""
+    if not names and not everything:
+        raise InvalidArgument("no orphan named", "name the orphans to restore, or choose all of them")
+    found = list_orphans(store, state_dir, node_id, measure=False)
+    chosen = found if everything else [o for o in found if o.name in set(names)]
+    chosen = [o for o in chosen if o.has_metadata or not everything]
+    for o in chosen:
+        if not o.has_metadata:
+            raise FailedPrecondition(f"orphan {o.name} on drive {o.drive_id} has no metadata file to restore from",
+                                     "it was made before volume metadata existed; copy its data into a new volume")
+    if check_mode:
+        return chosen
+    mounts = {d: mp for d, _node, mp in node_mounts(store, state_dir, node_id)}
+    for o in chosen:
+        meta = _volumes.read_volume_meta(mounts[o.drive_id], o.name) or {}
+        store.restore_volume(_volumes.volume_of_meta(meta, o.drive_id, o.node))
     return chosen
