@@ -123,7 +123,7 @@ drives_yaml:
   returned: always
   type: dict
 summary:
-  description: Counts over all probed devices.
+  description: Counts of the devices listed (what the table shows), and how many were probed but not listed.
   returned: always
   type: dict
   contains:
@@ -133,14 +133,17 @@ summary:
     listed:
       description: Devices listed.
       type: int
+    hidden:
+      description: Devices probed but not listed (loop devices, or unavailable ones without O(include_unavailable)).
+      type: int
     available:
-      description: Available devices.
+      description: Available devices among those listed.
       type: int
     ours:
-      description: DirectPV drives.
+      description: DirectPV drives among those listed.
       type: int
     unreadable:
-      description: Devices that could not be read (not available; run with become to read them).
+      description: Devices that could not be read (not available; run with become to read them), listed or not.
       type: int
 node:
   description: The node name used.
@@ -206,8 +209,6 @@ def discover(
     for dev in devices:
         verdict = verdicts[dev.name]
         row = device_row(dev, verdict, node, state_token(dev))
-        summary["available"] += int(row["available"])
-        summary["ours"] += int(row["ours"])
         if dev.name.startswith("loop") and not include_loop:
             continue
         if not (row["available"] or row["ours"] or params["include_unavailable"]):
@@ -216,7 +217,10 @@ def discover(
         row["hardware_id"] = hardware_id(dev)
         row.update(device_facts(dev))
         rows.append(row)
+        summary["available"] += int(row["available"])
+        summary["ours"] += int(row["ours"])
     summary["listed"] = len(rows)
+    summary["hidden"] = len(devices) - len(rows)
     return {
         "changed": False,
         "node": node,

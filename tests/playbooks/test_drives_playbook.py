@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator
 
 import pytest
 import yaml
@@ -231,12 +232,15 @@ def test_discover_then_drives_yaml_round_trip(
     inv = inventory({h: {} for h in mine})
     disc = playbook("discover.yml", inv, "-e", f"directpv_discover_output={out}")
     assert disc.rc == 0, disc.failures()
-    tables = disc.results("Show the devices of each host")
-    header = tables["w1"]["msg"][0].split()
-    assert header == ["ID", "NODE", "DRIVE", "SIZE", "FILESYSTEM", "MAKE", "AVAILABLE", "DESCRIPTION"]
-    assert any(line.split()[1:3] == ["w2", names["w2"][0]] for line in tables["w2"]["msg"][1:])
-    summary = disc.results("Summarise every host")
-    assert "2 host(s)" in next(iter(summary.values()))["msg"]
+    (shown,) = disc.results("Show the devices of every host").values()  # one table for every host
+    lines = shown["lines"]
+    assert lines[0].split() == ["ID", "NODE", "DRIVE", "SIZE", "FILESYSTEM", "MAKE", "AVAILABLE", "DESCRIPTION"]
+    assert shown["table"] == "\n".join(lines)
+    for host, devs in names.items():
+        assert any(line.split()[1:3] == [host, devs[0]] for line in lines[1:]), (host, lines)
+    # The summary counts exactly the rows shown.
+    counted = [int(n) for n in re.findall(r"(\d+) (?:device|available|only|DirectPV|not usable)", shown["msg"])]
+    assert shown["msg"].startswith("2 host(s), ") and counted[0] == len(lines) - 1 == sum(counted[1:]), shown["msg"]
 
     doc = yaml.safe_load(out.read_text())
     assert doc["version"] == "v1" and [n["name"] for n in doc["nodes"]] == ["w1", "w2"]
@@ -320,3 +324,56 @@ def test_release_wipe_refused_while_the_embedded_store_holds_a_reservation(
     run = playbook("drives.yml", inventory({"w1": release}))
     assert run.rc == 0, run.failures()
     assert blkid(dev) == {}, "released and wiped once the store holds nothing on it"
+
+
+def test_release_wipe_refused_while_the_cluster_holds_a_reservation(
+    loopdev: Callable[..., str], inventory: Callable[..., Path], playbook: Callable[..., Run], kube_store_cluster: Any
+) -> None:
+    """The role asks the real API server (kubernetes.core.k8s_info from the control node) which
+    DirectPVVolume objects the drive holds, and the module refuses the wipe while there are any."""
+    import importlib.util
+
+    if importlib.util.find_spec("ansible_collections.kubernetes.core") is None:
+        pytest.skip("needs the kubernetes.core collection (make setup installs it)")
+    from directpv_csi.core.models import Drive, Volume
+    from directpv_csi.store.kube import KubeStore
+
+    dev = loopdev("600M")
+    run = playbook("drives.yml", inventory({"w1": {"directpv_drives": [dev]}}))
+    assert run.rc == 0, run.failures()
+    drive_id = blkid(dev)["UUID"]
+    volume = f"pvc-{uuid.uuid4().hex[:12]}"
+    store = KubeStore(kube_store_cluster.new_client(), events=False)
+    try:
+        store.put_drive(Drive(drive_id=drive_id, node="w1", name=os.path.basename(dev), total=500 << 20))
+        store.reserve_volume(Volume(name=volume, drive_id=drive_id, node="w1", size=64 << 20, project_id=0))
+        release = {
+            "directpv_allow_empty": True,
+            "directpv_release_drives": [dev],
+            "directpv_release_wipe": True,
+            "directpv_store": "kube",
+            "directpv_kubeconfig": str(kube_store_cluster.control_plane.kubeconfig),
+        }
+        run = playbook("drives.yml", inventory({"w1": release}))
+        assert run.rc != 0
+        msgs = [str(r.get("msg", "")) for r in run.results("Release each drive")["w1"]["results"]]
+        assert any("the store holds 1 volume" in m for m in msgs), msgs
+        assert blkid(dev)["UUID"] == drive_id, "the drive was wiped while the cluster held a reservation on it"
+    finally:
+        store.close()
+        kube_store_cluster.wipe()
+    run = playbook("drives.yml", inventory({"w1": release}))
+    assert run.rc == 0, run.failures()
+    assert blkid(dev) == {}
+
+
+def test_discover_prints_a_plain_text_table(
+    loopdev: Callable[..., str], inventory: Callable[..., Path], playbook: Callable[..., Run]
+) -> None:
+    dev = loopdev("600M")
+    run = playbook("discover.yml", inventory({"w1": {}}), env={"ANSIBLE_STDOUT_CALLBACK": "default"})
+    assert run.rc == 0, run.stdout[-2000:]
+    header = next(line for line in run.stdout.splitlines() if line.startswith("ID "))
+    assert header.split() == ["ID", "NODE", "DRIVE", "SIZE", "FILESYSTEM", "MAKE", "AVAILABLE", "DESCRIPTION"]
+    assert any(line.split()[1:3] == ["w1", os.path.basename(dev)] for line in run.stdout.splitlines())
+    assert '"ID ' not in run.stdout, "the table is printed as text, not as a JSON list of strings"
