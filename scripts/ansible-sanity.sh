@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
-# ansible-test sanity for the directpv.csi collection, offline, without containers.
-#
-# ansible-test needs the collection to really sit at .../ansible_collections/directpv/csi/
-# (a symlink is resolved and rejected) inside a git repository, so this copies the
-# collection's files (git-tracked and new, not ignored; symlinks kept as symlinks) into a
-# temporary tree, commits them there and runs `ansible-test sanity --venv` in it.
-# ansible-test bootstraps each venv with a get-pip script from the internet (blocked here):
-# an offline stand-in (ensurepip, then pip with the given arguments) is placed at the cache
-# path it reads first.
-#
-# The Ansible content is tested: plugins/, roles/, playbooks/, meta/, tests/ of the collection,
-# and the driver's core/ and device/ files that plugins/module_utils/_directpv/ links to. The
-# rest of driver/ (the CSI driver payload) is linted by ruff and mypy (scripts/lint.sh).
+# ansible-test sanity ON THE BUILT ARTIFACT AS SHIPPED, offline, without containers:
+#   1. build the tarball (scripts/build-collection.sh: galaxy.yml's build_ignore decides its content);
+#   2. install it offline into an empty path (`ansible-galaxy collection install --offline --no-deps`;
+#      sys.path scanning off so the venv's development link does not count as installed;
+#      kubernetes.core, its one dependency, is not needed to install or sanity-test it);
+#   3. run `ansible-test sanity --venv` in the installed copy (.../ansible_collections/directpv/csi),
+#      with the ignore file the tarball itself carries (tests/sanity/ignore-<ansible-core>.txt).
+# ansible-test wants its content under version control to list files: the installed copy becomes a
+# git repository of exactly the installed files (nothing added, nothing removed).
+# ansible-test bootstraps each venv with a get-pip script from the internet (blocked here): an
+# offline stand-in (ensurepip, then pip with the given arguments) is placed at the cache path it
+# reads first.
 #
 #   scripts/ansible-sanity.sh [ansible-test sanity arguments...]   e.g. --test validate-modules
 set -euo pipefail
@@ -22,20 +21,20 @@ PY=${ANSIBLE_SANITY_PYTHON:-3.11}
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/directpv-sanity.XXXXXX")
 trap 'rm -rf "$work"' EXIT INT TERM
-dest=$work/ansible_collections/directpv/csi
-mkdir -p "$dest"
 
-# Files of the collection (tracked or new, not ignored, still present).
-git ls-files -z --cached --others --exclude-standard -- \
-    .gitignore galaxy.yml meta plugins roles playbooks docs README.md LICENSE tests/sanity tests/config.yml \
-    tests/unit/plugins tests/playbooks driver/src/directpv_csi/core driver/src/directpv_csi/device \
-  | while IFS= read -r -d '' f; do [ -e "$f" ] || [ -L "$f" ] && printf '%s\0' "$f"; done \
-  | tar --null -T - -cf - | tar -xf - -C "$dest"
+t0=$SECONDS
+tarball=$(bash scripts/build-collection.sh "$work/dist" | tail -n1)
+ANSIBLE_HOME="$work/home" ANSIBLE_COLLECTIONS_SCAN_SYS_PATH=false ANSIBLE_COLLECTIONS_PATH="$work/installed" \
+  ansible-galaxy collection install --offline --no-deps --force -p "$work/installed" "$tarball" >/dev/null
+dest=$work/installed/ansible_collections/directpv/csi
+echo "sanity: built and installed $(basename "$tarball") ($(du -k "$tarball" | cut -f1) KiB) into an empty path in $((SECONDS - t0)) s"
 
-# ansible-test wants a git repository with the files tracked.
 git -C "$dest" init -q
+# ansible-test's own output (tests/output/, with its venvs) must not count as content: the shipped
+# tarball carries no .gitignore, so the exclusion lives in the repository's info/exclude.
+echo "tests/output/" >> "$dest/.git/info/exclude"
 git -C "$dest" -c user.name=sanity -c user.email=sanity@localhost add -A
-git -C "$dest" -c user.name=sanity -c user.email=sanity@localhost commit -q -m sanity
+git -C "$dest" -c user.name=sanity -c user.email=sanity@localhost commit -q -m "installed artifact"
 
 # Offline stand-in for https://ci-files.testing.ansible.com/ansible-test/get-pip-<ver>.py, at the
 # cache path ansible-test reads first (ansible_test/_util/target/setup/requirements.py).
