@@ -346,6 +346,39 @@ def test_recreated_name_never_gets_the_old_data(
         assert node.registry.gc() == [f"{drive.drive_id}/pvc-again"]
         target = node.publish(new.name)
         assert os.listdir(target) == []  # a fresh, empty directory
+        node.release(new.name)
+
+
+def test_an_earlier_incarnation_without_tombstone_is_an_orphan_cleaned_on_request(
+    backend: Backend, node_env: Dict[str, Path], make_drive: Callable[..., OurDrive]
+) -> None:
+    """The directory of a name's earlier incarnation whose record and tombstone were lost: the new
+    volume of that name is refused (never handed the old data), the old directory is an orphan,
+    and the explicit clean removes it (its tombstone names the old uid, not the live one)."""
+    from directpv_csi.node import orphans as orph
+    from directpv_csi.node import volumes as vols
+
+    drive = make_drive()
+    with running_node(backend, node_env) as node:
+        mp = node.mount(drive.drive_id)
+        (mp / "pvc-twice").mkdir()
+        old_digest = _write(str(mp / "pvc-twice"), "earlier incarnation")
+        vols.write_volume_meta(mp, Volume(name="pvc-twice", drive_id=drive.drive_id, node="node-a", size=MiB,
+                                          project_id=7, uid="uid-of-the-earlier-one"))
+        new = _reserve(node.store, drive.drive_id, "pvc-twice")
+        with pytest.raises(grpc.RpcError) as err:
+            node.stage(new.name)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        node.registry.sync()
+        assert node.registry.orphans() == {drive.drive_id: ("pvc-twice",)}
+        assert _digest(str(mp / "pvc-twice")) == old_digest  # kept
+        [o] = orph.clean(node.store, node.config.state_dir, "node-a", names=["pvc-twice"], check_mode=True)
+        assert o.uid == "uid-of-the-earlier-one" and o.files == 2
+        orph.clean(node.store, node.config.state_dir, "node-a", names=["pvc-twice"])
+        assert node.registry.gc() == [f"{drive.drive_id}/pvc-twice"]
+        assert os.listdir(node.publish(new.name)) == []
+        assert node.registry.orphans() == {}
+        assert node.store.get_volume("pvc-twice").uid == new.uid
 
 
 def test_a_directory_of_another_incarnation_is_not_the_tombstones_to_remove(

@@ -287,14 +287,18 @@ def test_delete_volume_leaves_a_tombstone_until_cleared(store: Any) -> None:
 
 def test_add_tombstone_for_an_orphan(store: Any) -> None:
     store.put_drive(drive("d1", "n1"))
-    store.reserve_volume(vol("live"))
+    live = store.reserve_volume(vol("live"))
     t = store.add_tombstone(Tombstone(drive_id="d1", node="", name="orphan", uid="u1", project_id=7))
     assert (t.node, t.name, t.uid) == ("n1", "orphan", "u1")
     store.add_tombstone(Tombstone(drive_id="d1", node="", name="orphan", uid="u1", project_id=7))  # idempotent
     assert [x.name for x in store.list_tombstones("d1")] == ["orphan"]
     assert store.reserve_volume(vol("v2")).project_id == 2  # 7 is held, 1 is live
-    with pytest.raises(FailedPrecondition):
-        store.add_tombstone(Tombstone(drive_id="d1", node="", name="live", uid="x", project_id=1))
+    for uid in ("", live.uid):  # the live volume itself: only DeleteVolume deletes it
+        with pytest.raises(FailedPrecondition):
+            store.add_tombstone(Tombstone(drive_id="d1", node="", name="live", uid=uid, project_id=1))
+    # a directory left by an earlier incarnation of the live name (another uid) may be tombstoned
+    store.add_tombstone(Tombstone(drive_id="d1", node="", name="live", uid="earlier", project_id=9))
+    assert sorted((x.name, x.uid) for x in store.list_tombstones("d1")) == [("live", "earlier"), ("orphan", "u1")]
     with pytest.raises(NotFound):
         store.add_tombstone(Tombstone(drive_id="nope", node="", name="o", uid="x", project_id=1))
     assert store.get_volume("live") is not None

@@ -48,13 +48,12 @@ def find(store: Store, drive_id: str, mount: Path, node: str = "", measure: bool
     ``measure``: count their files and bytes (a walk; the registry's periodic check skips it)."""
     names = set(_volumes.list_volume_dirs(mount))
     metas = set(_volumes.list_volume_metas(mount))
-    live = {v.name for v in store.list_volumes(drive_id=drive_id)}
-    tombstoned = {t.name for t in store.list_tombstones(drive_id)}
+    live = {v.name: v.uid for v in store.list_volumes(drive_id=drive_id)}
+    tombstoned: Dict[str, set[str]] = {}
+    for t in store.list_tombstones(drive_id):
+        tombstoned.setdefault(t.name, set()).add(t.uid)
     out: List[Orphan] = []
-    for name in sorted((names | metas) - live - tombstoned):
-        rec = store.read_volume(name)  # a cache may lag another writer: confirm the miss
-        if rec is not None and rec.drive_id == drive_id:
-            continue
+    for name in sorted(names | metas):
         uid, pid = "", 0
         if name in metas:
             try:
@@ -62,6 +61,16 @@ def find(store: Store, drive_id: str, mount: Path, node: str = "", measure: bool
                 uid, pid = str(meta.get("uid", "")), int(meta.get("project_id") or 0)
             except (DirectPVError, TypeError, ValueError):
                 pass
+        marks = tombstoned.get(name, set())
+        if marks and (uid in marks or "" in marks or not uid):
+            continue  # a tombstone covers it: its node consumes it
+        if name in live and (not uid or not live[name] or uid == live[name]):
+            continue  # the live volume's directory
+        if name not in live:
+            rec = store.read_volume(name)  # a cache may lag another writer: confirm the miss
+            if rec is not None and rec.drive_id == drive_id:
+                continue
+        # no record, or a directory left by an earlier incarnation of a live name (another uid)
         files, used = _measure(str(mount / name)) if measure and name in names else (0, 0)
         out.append(Orphan(drive_id=drive_id, node=node, name=name, path=str(mount / name),
                           has_directory=name in names, has_metadata=name in metas, uid=uid, project_id=pid,

@@ -101,7 +101,8 @@ class Store(Protocol):
     def add_tombstone(self, tombstone: Tombstone) -> Tombstone:
         """Record a tombstone for a directory no record describes (the operator's explicit removal
         of an orphan). Refused (FailedPrecondition) while a volume of that name is recorded on
-        the drive; NotFound for an unknown drive. Idempotent."""
+        the drive, unless the tombstone names another uid (a directory left by an earlier
+        incarnation of the name); NotFound for an unknown drive. Idempotent."""
         ...
 
     def clear_tombstone(self, drive_id: str, name: str, uid: str) -> bool:

@@ -627,7 +627,7 @@ class EmbeddedStore:
             if drive is None:
                 raise NotFound(f"drive {tombstone.drive_id} not found", "list drives to see the known ids")
             live = self._volume_row_of(db, tombstone.name)
-            if live is not None and live.drive_id == tombstone.drive_id:
+            if live is not None and live.drive_id == tombstone.drive_id and tombstone.uid in ("", live.uid):
                 raise FailedPrecondition(f"volume {tombstone.name} is recorded on drive {tombstone.drive_id}",
                                          "delete it with DeleteVolume (delete its PVC), not as an orphan")
             new = replace(tombstone, node=drive.node, deleted_at=tombstone.deleted_at or time.time())

@@ -916,8 +916,10 @@ class KubeStore:
                 raise NotFound(f"drive {tombstone.drive_id} not found", "list drives to see the known ids")
             st = cur["status"]
             live = self.read_volume(tombstone.name)
-            ledger: Obj = st.get("volumes") or {}
-            if (live is not None and live.drive_id == tombstone.drive_id) or tombstone.name in ledger:
+            rec: Obj = (st.get("volumes") or {}).get(tombstone.name) or {}
+            live_uids = {str(rec.get("uid", "")) if rec else None,
+                         live.uid if live is not None and live.drive_id == tombstone.drive_id else None} - {None}
+            if live_uids and (not tombstone.uid or tombstone.uid in live_uids or "" in live_uids):
                 raise FailedPrecondition(f"volume {tombstone.name} is recorded on drive {tombstone.drive_id}",
                                          "delete it with DeleteVolume (delete its PVC), not as an orphan")
             tombs: Obj = dict(st.get("tombstones") or {})
