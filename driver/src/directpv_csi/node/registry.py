@@ -290,7 +290,8 @@ class DriveRegistry:
             meta_id = str(meta.get("drive_id", drive_id)).lower()
             if meta_id != drive_id:
                 raise DirectPVError(f"metadata of {dev.name} names drive {meta_id}, its filesystem is {drive_id}",
-                                    "the drive was cloned; format one of the copies again")
+                                    "the drive was cloned: attach only one copy to this node (nothing on "
+                                    "either copy is touched)")
             st = os.stat(target)
             os.statvfs(target)  # an I/O error shows here first
         except (DirectPVError, OSError) as exc:
