@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +70,14 @@ def test_clean_orphans_playbook(
         again = playbook("clean-orphans.yml", inv, *extra)
         assert again.rc == 0, again.failures() or again.stderr
         assert again.changed("orphan-host") == 0
+
+        # a live volume named as an orphan: the task fails, nothing is recorded or removed
+        made = subprocess.run([PYTHON, "-m", "directpv_csi.cmd.main", "client", "--endpoint", server.endpoint,
+                               "create", "pvc-live", "--size", "16MiB"], capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+        refused = playbook("clean-orphans.yml", inv, "-e", '{"directpv_orphans": ["pvc-live"]}')
+        assert refused.rc != 0
+        assert any("not an orphan" in m for m in refused.messages("orphan-host")), refused.failures()
     finally:
         server.stop()
         unmount_under(short)
