@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from ..core.errors import DirectPVError, FailedPrecondition, InvalidArgument
 from ..core.models import Tombstone
@@ -42,10 +42,13 @@ class Orphan:
         return asdict(self)
 
 
-def find(store: Store, drive_id: str, mount: Path, node: str = "", measure: bool = False) -> List[Orphan]:
+def find(store: Store, drive_id: str, mount: Path, node: str = "", measure: bool = False,
+         trusted: Iterable[str] = ()) -> List[Orphan]:
     """The orphans on one mounted drive: volume directories (or metadata files) whose name has no
-    record on this drive and no tombstone, the miss confirmed with the store of record.
-    ``measure``: count their files and bytes (a walk; the registry's periodic check skips it)."""
+    record on this drive and no tombstone (the miss confirmed with the store of record), or whose
+    metadata names another incarnation (uid) than the volume recorded under that name.
+    ``measure``: count their files and bytes (a walk; the registry's periodic check skips it);
+    ``trusted``: live names whose metadata file is known to carry the live uid (not read again)."""
     names = set(_volumes.list_volume_dirs(mount))
     metas = set(_volumes.list_volume_metas(mount))
     live = {v.name: v.uid for v in store.list_volumes(drive_id=drive_id)}
@@ -53,7 +56,8 @@ def find(store: Store, drive_id: str, mount: Path, node: str = "", measure: bool
     for t in store.list_tombstones(drive_id):
         tombstoned.setdefault(t.name, set()).add(t.uid)
     out: List[Orphan] = []
-    for name in sorted(names | metas):
+    skip = set(trusted) & set(live)
+    for name in sorted((names | metas) - skip):
         uid, pid = "", 0
         if name in metas:
             try:

@@ -102,6 +102,7 @@ class DriveRegistry:
         self.synced_once = False
         self.last_error = ""
         self._orphans: Dict[str, tuple[str, ...]] = {}  # drive id -> orphan names (last gc)
+        self._meta_checked: Dict[str, Dict[str, int]] = {}  # drive id -> {volume: generation whose file is right}
         self.restored: list[str] = []  # drive_id/name of every volume this process restored
         self.restore_conflicts: list[str] = []
 
@@ -426,19 +427,27 @@ class DriveRegistry:
         existed, sizes grown since); orphans found and reported when the set changes."""
         names = set(_volumes.list_volume_dirs(md.mount))
         live = {v.name: v for v in self.store.list_volumes(drive_id=md.drive_id)}
+        checked = self._meta_checked.setdefault(md.drive_id, {})
         for name in sorted(names & set(live)):
             vol = live[name]
-            if not vol.uid or not self.inflight.try_acquire(name):
-                continue
+            if not vol.uid or checked.get(name) == vol.generation or not self.inflight.try_acquire(name):
+                continue  # verified at this generation already (no file read per volume per round)
             try:
                 meta = _volumes.read_volume_meta(md.mount, name)
-                if meta is None or (str(meta.get("uid", "")) == vol.uid and _volumes.volume_meta(vol, meta) != meta):
+                if meta is not None and str(meta.get("uid", "")) != vol.uid:
+                    continue  # an earlier incarnation's directory: never re-labelled (an orphan, reported)
+                if meta is None or _volumes.volume_meta(vol, meta) != meta:
                     _volumes.write_volume_meta(md.mount, vol, meta)
+                checked[name] = vol.generation
             except (DirectPVError, OSError) as exc:
                 log.warning("cannot write the metadata of volume %s on drive %s: %s", name, md.drive_id, exc)
             finally:
                 self.inflight.release(name)
-        found = tuple(o.name for o in _orphans.find(self.store, md.drive_id, md.mount, node=self.config.node_id))
+        for name in set(checked) - set(live):
+            del checked[name]
+        trusted = {n for n, g in checked.items() if n in live and live[n].generation == g}
+        found = tuple(o.name for o in _orphans.find(self.store, md.drive_id, md.mount, node=self.config.node_id,
+                                                    trusted=trusted))
         if self._orphans.get(md.drive_id, ()) != found:
             self._orphans[md.drive_id] = found
             if found:
