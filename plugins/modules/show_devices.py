@@ -21,6 +21,7 @@ author:
 attributes:
   action:
     support: full
+    description: Runs on the controller as an action plugin.
   check_mode:
     support: full
     description: Changes nothing either way.
