@@ -62,7 +62,7 @@ def crc32c(data: bytes) -> int:
 @dataclass(frozen=True)
 class XfsSuperblock:
     uuid: str  # the filesystem UUID (what blkid reports; our drive id)
-    label: str  # sb_fname, NUL-trimmed ("DIRECTPV" for our drives)
+    label: str  # sb_fname, NUL-trimmed ("DIRECTPV-CSI" for our drives, "DIRECTPV" for MinIO DirectPV's)
     block_size: int
     data_blocks: int  # sb_dblocks
     capacity: int  # bytes usable as statfs reports them: (dblocks - internal log blocks) * blocksize
