@@ -8,6 +8,8 @@
 #   KUBE_WORK   wrapper modules (go.mod)   (default: ~/.cache/directpv-csi/kube-work)
 # Usage: scripts/build-kube-tools.sh [kube-apiserver|etcd|kube-controller-manager|csi-provisioner|csi-resizer] ...
 #        (no argument: all five). Builds run under `nice -n 19`; CGO is off.
+#        The real node (tests/realnode, scripts/setup-cluster.sh) adds kube-scheduler, kubelet and
+#        kube-proxy, built the same way as kube-apiserver: name them (scripts/setup-cluster.sh does).
 #
 # kube-apiserver, kube-controller-manager and etcd cannot be `go install`ed: their go.mod files point
 # their sibling modules at local directories (`replace k8s.io/api =>
@@ -89,7 +91,8 @@ wrapper_build() {
   mv "$out.tmp" "$out"
 }
 
-# build_kube NAME: a k8s.io/kubernetes command (kube-apiserver, kube-controller-manager)
+# build_kube NAME: a k8s.io/kubernetes command (kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubelet, kube-proxy)
 build_kube() {
   local name=$1 out="$TOOLS_DIR/$1-$KUBE_VERSION"
   if [ ! -x "$out" ]; then
@@ -157,15 +160,16 @@ go_install() {
 }
 
 targets=("$@")
-known=(kube-apiserver etcd kube-controller-manager csi-provisioner csi-resizer)
-[ "${#targets[@]}" -gt 0 ] || targets=("${known[@]}")
+default=(kube-apiserver etcd kube-controller-manager csi-provisioner csi-resizer)
+known=("${default[@]}" kube-scheduler kubelet kube-proxy)
+[ "${#targets[@]}" -gt 0 ] || targets=("${default[@]}")
 for t in "${targets[@]}"; do  # refuse a typo before spending minutes on the others
   [[ " ${known[*]} " == *" $t "* ]] || { echo "build-kube-tools: unknown tool '$t' (known: ${known[*]})" >&2; exit 2; }
 done
 for t in "${targets[@]}"; do
   start=$(date +%s)
   case "$t" in
-    kube-apiserver|kube-controller-manager) build_kube "$t" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy) build_kube "$t" ;;
     etcd) build_etcd ;;
     csi-provisioner) build_csi_provisioner ;;
     csi-resizer) go_install csi-resizer github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer "$RESIZER_VERSION" ;;
