@@ -377,3 +377,25 @@ def test_discover_prints_a_plain_text_table(
     assert header.split() == ["ID", "NODE", "DRIVE", "SIZE", "FILESYSTEM", "MAKE", "AVAILABLE", "DESCRIPTION"]
     assert any(line.split()[1:3] == ["w1", os.path.basename(dev)] for line in run.stdout.splitlines())
     assert '"ID ' not in run.stdout, "the table is printed as text, not as a JSON list of strings"
+
+
+def test_a_plan_reviewed_in_check_mode_is_the_one_formatted(
+    loopdev: Callable[..., str], inventory: Callable[..., Path], playbook: Callable[..., Run], tmp_path: Path
+) -> None:
+    dev, changed = loopdev("600M"), loopdev("600M")
+    plan_file = tmp_path / "plan.yml"
+    hosts = {"w1": {"directpv_drives": [dev]}, "w2": {"directpv_drives": [{"device": changed, "force": True}]}}
+    inv = inventory(hosts, {"directpv_plan_file": str(plan_file)})
+    check = playbook("drives.yml", inv, "--check")
+    assert check.rc == 0, check.failures()
+    assert blkid(dev) == {} and blkid(changed) == {}
+    plans = yaml.safe_load(plan_file.read_text())
+    planned_id = plans["w1"][dev]["drive_id"]
+    assert plans["w1"][dev]["commands"][0][4] == f"uuid={planned_id}"
+    # The drive id check mode showed is the one the real run gives the filesystem.
+    subprocess.run(["mkfs.ext4", "-q", "-F", changed], check=True)  # w2's device changes after the review
+    run = playbook("drives.yml", inv)
+    assert blkid(dev).get("UUID") == planned_id
+    assert run.rc != 0 and blkid(changed)["TYPE"] == "ext4", "a device changed since the reviewed plan is refused"
+    stale = [str(r.get("msg", "")) for r in run.results("Plan each selected drive")["w2"]["results"]]
+    assert any("changed since" in m for m in stale), stale
