@@ -79,3 +79,20 @@ def test_hardware_id_preference(kw: dict, expected: str) -> None:  # type: ignor
 
 def test_token_majmin_without_separator() -> None:
     assert token_majmin("garbage") == ""
+
+
+def test_classify_drive_rules() -> None:
+    from directpv_csi.core import identity
+
+    c = identity.classify_drive
+    assert c("xfs", identity.OUR_LABEL) == identity.KIND_OURS
+    assert c("xfs", "DIRECTPV", meta={"drive_id": "x"}) == identity.KIND_OURS_V1
+    assert c("xfs", "DIRECTPV", directpv_marks=True) == identity.KIND_DIRECTPV
+    # Versions before 2 wrote meta.json beside DirectPV's marks when "adopting": still DirectPV's.
+    assert c("xfs", "DIRECTPV", meta={"drive_id": "x"}, directpv_marks=True) == identity.KIND_DIRECTPV
+    imported = {"drive_id": "x", "imported_from": identity.IMPORTED_FROM_DIRECTPV}
+    assert c("xfs", "DIRECTPV", meta=imported, directpv_marks=True) == identity.KIND_IMPORTED
+    assert c("xfs", "DIRECTPV") == identity.KIND_UNCLAIMED
+    assert c("ext4", "DIRECTPV", directpv_marks=True) == ""
+    assert c("xfs", "data") == ""
+    assert len(identity.OUR_LABEL) <= 12 and identity.OUR_LABEL != identity.LEGACY_LABEL

@@ -97,21 +97,6 @@ def make_directpv_drive(dev: str, mounted: Callable[[str], Path], volumes: int =
     return fsuuid
 
 
-def test_classify_drive_rules() -> None:
-    c = identity.classify_drive
-    assert c("xfs", identity.OUR_LABEL) == identity.KIND_OURS
-    assert c("xfs", "DIRECTPV", meta={"drive_id": "x"}) == identity.KIND_OURS_V1
-    assert c("xfs", "DIRECTPV", directpv_marks=True) == identity.KIND_DIRECTPV
-    # Versions before 2 wrote meta.json beside DirectPV's marks when "adopting": still DirectPV's.
-    assert c("xfs", "DIRECTPV", meta={"drive_id": "x"}, directpv_marks=True) == identity.KIND_DIRECTPV
-    imported = {"drive_id": "x", "imported_from": identity.IMPORTED_FROM_DIRECTPV}
-    assert c("xfs", "DIRECTPV", meta=imported, directpv_marks=True) == identity.KIND_IMPORTED
-    assert c("xfs", "DIRECTPV") == identity.KIND_UNCLAIMED
-    assert c("ext4", "DIRECTPV", directpv_marks=True) == ""
-    assert c("xfs", "data") == ""
-    assert len(identity.OUR_LABEL) <= 12 and identity.OUR_LABEL != identity.LEGACY_LABEL
-
-
 def test_directpv_drive_is_refused_everywhere_and_left_unchanged(
     loopdev: Callable[..., str], mounted: Callable[[str], Path], tmp_path: Path
 ) -> None:
