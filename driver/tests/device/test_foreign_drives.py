@@ -24,6 +24,7 @@ from directpv_csi.core.errors import DeviceRefused
 from directpv_csi.core.judge import JudgePolicy, judge
 from directpv_csi.core.selection import DriveFilters, select
 from directpv_csi.device import format as fmt
+from directpv_csi.device import mount as mount_mod
 from directpv_csi.device import ondisk
 from directpv_csi.device.probe import probe, probe_one
 
@@ -271,3 +272,31 @@ def test_empty_filesystem_needs_force_alone(loopdev: Callable[..., str]) -> None
     sel = select([d], judge([d], LOOPS), filters=DriveFilters(), auto_select=True, force=True, safe_mode=False)
     assert [c.name for c in sel.selected] == [d.name]
     assert fmt.plan_format(dev, allow_loop=True, force=True).destroys["files"] == 0
+
+
+def test_an_unchanged_drive_is_mounted_once_for_identification(
+    loopdev: Callable[..., str], mounted: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dev = loopdev(SIZE)
+    make_directpv_drive(dev, mounted, volumes=1)
+    calls: List[str] = []
+    real = mount_mod.mount
+
+    def counting(source: str, target: str, *a: object, **kw: object) -> None:
+        calls.append(source)
+        real(source, target, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mount_mod, "mount", counting)
+    assert probe_one(dev).drive_kind == identity.KIND_DIRECTPV
+    assert dev in calls
+    calls.clear()
+    again = probe_one(dev)
+    assert again.drive_kind == identity.KIND_DIRECTPV and again.contents is not None
+    assert again.contents.volume_dirs == 1 and calls == [], "an unchanged drive was mounted again"
+    # Changed (mounted read-write, a volume added, unmounted): looked at again.
+    mp = mounted(dev)
+    (mp / "pvc-new").mkdir()
+    umount(mp)
+    calls.clear()
+    assert probe_one(dev).contents.volume_dirs == 2  # type: ignore[union-attr]
+    assert dev in calls

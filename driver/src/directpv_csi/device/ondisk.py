@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import stat
@@ -257,6 +258,47 @@ def inspect(dev: Device, *, walk: bool = True, proc_root: str = "/proc") -> Devi
     return out
 
 
+# Answers of identify() for unmounted drives, keyed by the device and a hash of its first sector (the
+# XFS superblock, rewritten with new counters and log sequence number whenever the filesystem was
+# mounted read-write and changed): a node probing every few seconds mounts an unchanged drive once,
+# not at every sync (a MinIO DirectPV node plugin on the same host may want to mount it meanwhile).
+_IDENTIFIED: Dict[Tuple[str, str, bytes], Tuple[str, Contents]] = {}
+_IDENTIFIED_MAX = 256
+
+
+def _first_sector_digest(dev: Device) -> bytes:
+    try:
+        fd = os.open(dev.dev_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        return hashlib.sha256(os.pread(fd, 512, 0)).digest()
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
 def identify(devices: Sequence[Device], proc_root: str = "/proc") -> List[Device]:
     """Every device, the DIRECTPV-labelled XFS ones with their ``drive_kind`` read from their files."""
-    return [inspect(d, walk=False, proc_root=proc_root) if needs_identity(d) else d for d in devices]
+    out: List[Device] = []
+    for d in devices:
+        if not needs_identity(d):
+            out.append(d)
+            continue
+        if d.mountpoints:  # read where it is mounted: no mount is made, nothing to spare
+            out.append(inspect(d, walk=False, proc_root=proc_root))
+            continue
+        digest = _first_sector_digest(d)
+        key = (d.dev_path, d.majmin, digest)
+        hit = _IDENTIFIED.get(key) if digest else None
+        if hit is not None:
+            out.append(dataclasses.replace(d, drive_kind=hit[0], contents=hit[1], inspect_error=""))
+            continue
+        got = inspect(d, walk=False, proc_root=proc_root)
+        if digest and got.drive_kind and not got.inspect_error and got.contents is not None:
+            if len(_IDENTIFIED) >= _IDENTIFIED_MAX:
+                _IDENTIFIED.clear()
+            _IDENTIFIED[key] = (got.drive_kind, got.contents)
+        out.append(got)
+    return out
