@@ -439,3 +439,27 @@ def test_orphans_with_metadata_on_a_known_drive_are_restored_on_request(
         assert node.registry.orphans() == {}
         assert _accounting(node.store, drive.drive_id) == before
         assert _digest(node.publish("pvc-r2")) == digests["pvc-r2"]
+
+
+def test_a_crash_half_way_through_a_deletion_finishes_at_the_next_sync(
+    backend: Backend, node_env: Dict[str, Path], make_drive: Callable[..., OurDrive]
+) -> None:
+    """The node died after moving the directory to the trash but before moving the metadata file and
+    clearing the tombstone (the rename is the step a crash can split): the next start finishes."""
+    drive = make_drive()
+    with running_node(backend, node_env) as node:
+        mp = node.mount(drive.drive_id)
+        v = _reserve(node.store, drive.drive_id, "pvc-split")
+        keep = _reserve(node.store, drive.drive_id, "pvc-stays")
+        _write(node.publish(v.name), "split")
+        kept = _write(node.publish(keep.name), "stays")
+        node.release(v.name)
+        node.release(keep.name)
+        assert node.store.delete_volume(v.name) is not None
+        (mp / ".deleted").mkdir(exist_ok=True)
+        os.rename(mp / v.name, mp / ".deleted" / f"{v.name}.{v.uid}.1")  # what move_to_trash does first
+    with running_node(backend, node_env) as node:
+        assert node.store.list_tombstones(drive.drive_id) == []
+        assert not (mp / ".directpv" / "volumes" / f"{v.name}.json").exists()
+        assert list((mp / ".deleted").iterdir()) == []
+        assert _digest(str(mp / keep.name)) == kept and node.registry.orphans() == {}
