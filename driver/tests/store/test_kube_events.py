@@ -8,20 +8,27 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, cast
 
+import grpc
 import jinja2
 import pytest
 import yaml
+from directpv_csi.core.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from directpv_csi.core.models import DRIVE_ERROR, DRIVE_LOST, DRIVE_READY, DRIVE_REMOVED, Drive, Volume
 from directpv_csi.store import events as ev
+from directpv_csi.csi.errors import translate
 from directpv_csi.store.kube import DRIVES, GROUP, VERSION, VOLUMES, KubeStore, object_name
+from directpv_csi.store.kube_errors import ApiConflict, api_error, translated
 from kube.cluster import KubeStoreCluster
 from kubernetes import client
+
+from testsupport import eventually
 
 GiB = 1024**3
 INSTANCE = "node-events-1"
@@ -310,6 +317,70 @@ def test_a_role_without_events_refuses_them_and_the_store_carries_on(
     assert events_about(cluster, uid_of(cluster, DRIVES, d.drive_id)) == []
     (line,) = [r.getMessage() for r in caplog.records if r.name == "directpv_csi.store.events"]
     assert "Forbidden" in line or "forbidden" in line
+
+
+def read_only_role(*plurals: str) -> Dict[str, Any]:
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "ro"},
+            "rules": [{"apiGroups": [GROUP], "resources": list(plurals), "verbs": ["get", "list", "watch"]}]}
+
+
+def test_an_rbac_refusal_is_permission_denied_naming_verb_and_resource(
+        cluster: KubeStoreCluster, service_account_client: Callable[[Dict[str, Any]], Any]) -> None:
+    """A real 403 from the API server leaves the store as PermissionDenied (gRPC PERMISSION_DENIED),
+    not as a raw ApiException (which the CO saw as INTERNAL)."""
+    admin = KubeStore(cluster.new_client(), events=False)
+    d = new_drive()
+    try:
+        admin.put_drive(d)
+        store = KubeStore(service_account_client(read_only_role(DRIVES, VOLUMES)), events=False)
+        try:
+            assert eventually(lambda: store.get_drive(d.drive_id) is not None)  # reads are allowed
+            with pytest.raises(PermissionDenied) as created:
+                store.put_drive(new_drive())
+            assert "create" in created.value.message and f"{DRIVES}.{GROUP}" in created.value.message
+            assert "ClusterRole" in created.value.hint
+            with pytest.raises(PermissionDenied) as reserved:
+                store.reserve_volume(Volume(name="pvc-ro", drive_id=d.drive_id, node="", size=GiB, project_id=0))
+            assert "update" in reserved.value.message and f"{DRIVES}/status.{GROUP}" in reserved.value.message
+            assert translate(reserved.value)[0] == grpc.StatusCode.PERMISSION_DENIED
+        finally:
+            store.close()
+        assert admin.get_drive(d.drive_id).allocated == 0  # type: ignore[union-attr]
+    finally:
+        admin.close()
+
+
+def test_a_role_that_cannot_list_volumes_fails_at_start_naming_them(
+        cluster: KubeStoreCluster, service_account_client: Callable[[Dict[str, Any]], Any]) -> None:
+    api = service_account_client(read_only_role(DRIVES))
+    with pytest.raises(PermissionDenied) as refused:
+        KubeStore(api, sync_timeout_s=3.0, events=False)
+    assert "list" in refused.value.message and f"{VOLUMES}.{GROUP}" in refused.value.message
+
+
+def test_an_unreachable_api_server_is_unavailable(cluster: KubeStoreCluster) -> None:
+    """Connection refused (a real closed port) -> Unavailable (gRPC UNAVAILABLE: the CO retries)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = client.Configuration(host=f"https://127.0.0.1:{port}")
+    cfg.retries = 0
+    with pytest.raises(Unavailable) as gone:
+        with translated("get", f"{DRIVES}.{GROUP}", "d1"):
+            client.CustomObjectsApi(client.ApiClient(cfg)).get_cluster_custom_object(GROUP, VERSION, DRIVES, "d1")
+    assert "cannot get" in gone.value.message and translate(gone.value)[0] == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("status,kind", [(401, PermissionDenied), (403, PermissionDenied), (404, NotFound),
+                                         (409, Conflict), (413, InvalidArgument), (422, InvalidArgument),
+                                         (429, Unavailable), (500, Unavailable), (503, Unavailable)])
+def test_each_api_status_has_its_domain_error(status: int, kind: type) -> None:
+    body = '{"kind": "Status", "message": "said by the server"}'
+    exc = client.ApiException(status=status, reason="Reason")
+    exc.body = body
+    err = api_error(exc, "patch", "directpvnodes.directpv.dev", "n1")
+    assert type(err) is kind or (kind is Conflict and isinstance(err, ApiConflict))
+    assert "said by the server" in err.message and "directpvnodes.directpv.dev n1" in err.message
 
 
 def test_recorder_without_an_instance_is_refused() -> None:

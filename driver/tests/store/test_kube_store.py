@@ -9,7 +9,7 @@ import ssl
 import threading
 import time
 import urllib.request
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, cast
 
 import pytest
 from directpv_csi.core.errors import Conflict, FailedPrecondition, InvalidArgument
@@ -326,3 +326,14 @@ def test_a_lagging_replica_confirms_a_miss_before_deleting_or_answering_not_foun
     finally:
         a.close()
         b.close()
+
+
+def test_names_with_a_trailing_newline_are_not_object_names(store: KubeStore) -> None:
+    """``re.match`` with ``$`` accepts "d1\\n": names are matched whole (fullmatch)."""
+    with pytest.raises(InvalidArgument):
+        store.put_drive(Drive(drive_id="d1\n", node="n1", name="sdb", total=10 * GiB))
+    assert object_name("pvc-1\n").startswith("v-") and object_name("pvc-1") == "pvc-1"
+    store.put_drive(Drive(drive_id="d1", node="n1", name="sdb\n", total=10 * GiB))
+    labels = cast(Dict[str, Any], client.CustomObjectsApi(store.api_client).get_cluster_custom_object(
+        GROUP, VERSION, DRIVES, "d1"))["metadata"]["labels"]
+    assert "directpv.dev/drive-name" not in labels  # not a label value: left out, not refused

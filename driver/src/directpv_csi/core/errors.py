@@ -67,6 +67,15 @@ class Conflict(DirectPVError):
     """An optimistic-concurrency write lost a race; the caller may retry."""
 
 
+class PermissionDenied(DirectPVError):
+    """The API server (or another authority) refused this process the operation (gRPC PERMISSION_DENIED)."""
+
+
+class Unavailable(DirectPVError):
+    """A service this process depends on (the API server) cannot be reached or is overloaded; the
+    caller may retry (gRPC UNAVAILABLE)."""
+
+
 class Unsupported(DirectPVError):
     """The kernel or tools lack a feature (for example XFS quota support)."""
 

@@ -9,6 +9,8 @@ name taken with other properties -> ALREADY_EXISTS, in flight -> ABORTED, no dri
 with room -> RESOURCE_EXHAUSTED, size out of range -> OUT_OF_RANGE, state conflict
 -> FAILED_PRECONDITION, missing kernel feature -> FAILED_PRECONDITION (the operator
 must change the host), lost optimistic race -> ABORTED (the caller retries),
+refused by the API server (RBAC) -> PERMISSION_DENIED, API server unreachable or failing
+-> UNAVAILABLE (the CO retries),
 path errors of hostile requests (ENAMETOOLONG, ELOOP) -> INVALID_ARGUMENT, anything else
 -> INTERNAL (logged with its traceback).
 
@@ -44,6 +46,8 @@ CODES: Dict[Type[e.DirectPVError], grpc.StatusCode] = {
     e.Aborted: grpc.StatusCode.ABORTED,
     e.Conflict: grpc.StatusCode.ABORTED,
     e.Unsupported: grpc.StatusCode.FAILED_PRECONDITION,
+    e.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    e.Unavailable: grpc.StatusCode.UNAVAILABLE,
     e.CommandFailed: grpc.StatusCode.INTERNAL,
 }
 

@@ -46,8 +46,8 @@ reasons); they never slow down or fail the operation. ``KubeStore(..., events=Fa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import random
 import re
 import socket
@@ -62,7 +62,15 @@ from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
-from ..core.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from ..core.errors import (
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+)
 from ..core.models import (
     DRIVE_ERROR,
     DRIVE_LOST,
@@ -82,6 +90,7 @@ from .base import (
     check_restored_volume,
     check_volume_changes,
 )
+from .kube_errors import TRANSPORT_ERRORS, ApiConflict, api_error, translated
 
 GROUP = "directpv.dev"
 VERSION = "v1beta1"
@@ -98,8 +107,9 @@ MAX_ATTEMPTS = 400  # optimistic retries of one write under contention (each cos
 PING_TIMEOUT_S = 3.0  # readiness must answer before the kubelet's probe gives up
 ORPHAN_GRACE_S = 300.0  # ledger records younger than this may belong to a reservation in flight
 
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+# matched with fullmatch: ``$`` would also accept a trailing newline
+_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_LABEL_VALUE_RE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 Obj = Dict[str, Any]
 
@@ -112,7 +122,7 @@ def _rv(obj: Obj) -> int:
 
 
 def _label(value: str) -> Optional[str]:
-    return value if _LABEL_VALUE_RE.match(value) else None
+    return value if _LABEL_VALUE_RE.fullmatch(value) else None
 
 
 def _labels(pairs: Dict[str, str]) -> Dict[str, str]:
@@ -120,7 +130,7 @@ def _labels(pairs: Dict[str, str]) -> Dict[str, str]:
 
 
 def _check_name(kind: str, name: str) -> None:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InvalidArgument(f"{kind} name {name!r} is not a Kubernetes object name",
                               "use lower-case letters, digits, '-' and '.' (at most 253 characters)")
 
@@ -132,7 +142,7 @@ def object_name(volume_name: str) -> str:
     ``pvc-<uuid>`` are already valid): a valid object name is used as it is, any other maps to
     ``v-<sha256 hex>`` (deterministic, so get/delete find it again). The CSI name itself is kept
     in ``spec.name``."""
-    if _NAME_RE.match(volume_name) and len(volume_name) <= 253:
+    if _NAME_RE.fullmatch(volume_name) and len(volume_name) <= 253:
         return volume_name
     return "v-" + hashlib.sha256(volume_name.encode()).hexdigest()
 
@@ -205,15 +215,35 @@ def _smallest_unused(used: Set[int]) -> int:
     return pid
 
 
-def _status_code(e: ApiException) -> int:
-    return int(getattr(e, "status", 0) or 0)
+def _resource(plural: str, status: bool = False) -> str:
+    return f"{plural}{'/status' if status else ''}.{GROUP}"
 
 
-def _reason(e: ApiException) -> str:
-    try:
-        return str(json.loads(e.body or "")["message"])
-    except (TypeError, ValueError, KeyError):
-        return str(e.reason)
+class _Api:
+    """The custom-objects calls of the store; every failure leaves as a domain error (kube_errors)."""
+
+    def __init__(self, api_client: Any) -> None:
+        self._api = k8s.CustomObjectsApi(api_client)
+
+    def get(self, plural: str, name: str) -> Obj:
+        with translated("get", _resource(plural), name):
+            return cast(Obj, self._api.get_cluster_custom_object(GROUP, VERSION, plural, name))
+
+    def create(self, plural: str, body: Obj) -> Obj:
+        with translated("create", _resource(plural), body["metadata"]["name"]):
+            return cast(Obj, self._api.create_cluster_custom_object(GROUP, VERSION, plural, body))
+
+    def replace(self, plural: str, name: str, body: Obj, status: bool = False) -> Obj:
+        with translated("update", _resource(plural, status), name):
+            if status:
+                return cast(Obj, self._api.replace_cluster_custom_object_status(GROUP, VERSION, plural, name, body))
+            return cast(Obj, self._api.replace_cluster_custom_object(GROUP, VERSION, plural, name, body))
+
+    def delete(self, plural: str, name: str, resource_version: str) -> None:
+        with translated("delete", _resource(plural), name):
+            self._api.delete_cluster_custom_object(
+                GROUP, VERSION, plural, name,
+                body=k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(resource_version=resource_version)))
 
 
 # --- the watch-backed cache ------------------------------------------------------------------
@@ -302,6 +332,10 @@ class _Informer:
         self._thread.start()
         if not self._synced.wait(timeout_s):
             self._stop.set()
+            if self._error is not None and isinstance(self._error, TRANSPORT_ERRORS):
+                refused = api_error(self._error, "list", _resource(self._plural))
+                if isinstance(refused, PermissionDenied):
+                    raise refused from self._error
             raise FailedPrecondition(f"could not list {self._plural}.{GROUP} within {timeout_s:.0f} s ({self._error})",
                            "check that the API server answers and the CRDs are installed (deploy/crds)")
 
@@ -347,7 +381,7 @@ class _Informer:
                 elif kind == "DELETED":
                     self.forget(obj["metadata"]["name"], _rv(obj))
         except ApiException as e:
-            if _status_code(e) == 410:
+            if int(getattr(e, "status", 0) or 0) == 410:
                 return None
             raise
         finally:
@@ -380,18 +414,20 @@ def apply_crds(api_client: Any, directory: Path, timeout_s: float = 60.0) -> Lis
     for body in load_crds(directory):
         name = body["metadata"]["name"]
         names.append(name)
+        resource = "customresourcedefinitions.apiextensions.k8s.io"
         try:
-            ext.create_custom_resource_definition(body)  # type: ignore[arg-type]
-        except ApiException as e:
-            if _status_code(e) != 409:
-                raise
-            cur = ext.read_custom_resource_definition(name)
-            body["metadata"]["resourceVersion"] = cur.metadata.resource_version if cur.metadata else None
-            ext.replace_custom_resource_definition(name, body)  # type: ignore[arg-type]
+            with translated("create", resource, name):
+                ext.create_custom_resource_definition(body)  # type: ignore[arg-type]
+        except ApiConflict:
+            with translated("update", resource, name):
+                cur = ext.read_custom_resource_definition(name)
+                body["metadata"]["resourceVersion"] = cur.metadata.resource_version if cur.metadata else None
+                ext.replace_custom_resource_definition(name, body)  # type: ignore[arg-type]
     deadline = time.monotonic() + timeout_s
     for name in names:
         while True:
-            crd = ext.read_custom_resource_definition(name)
+            with translated("get", "customresourcedefinitions.apiextensions.k8s.io", name):
+                crd = ext.read_custom_resource_definition(name)
             conds = {c.type: c.status for c in ((crd.status.conditions if crd.status else None) or [])}
             if conds.get("Established") == "True":
                 break
@@ -435,7 +471,7 @@ class KubeStore:
         self._event_sink = _EventSink(api_client)
         self.events = ev.EventRecorder(self._event_sink, reporting_instance or socket.gethostname(),
                                        namespace=events_namespace, enabled=events)
-        self._api = k8s.CustomObjectsApi(api_client)
+        self._api = _Api(api_client)
         # watches get their own connection pool: close() drops it, which ends the blocking reads
         self._watch_client = k8s.ApiClient(api_client.configuration)
         watch_api = k8s.CustomObjectsApi(self._watch_client)
@@ -466,40 +502,35 @@ class KubeStore:
     # ------------------------------------------------------------------ API helpers
     def _get(self, plural: str, name: str) -> Optional[Obj]:
         try:
-            obj = cast(Obj, self._api.get_cluster_custom_object(GROUP, VERSION, plural, name))
-        except ApiException as e:
-            if _status_code(e) == 404:
-                return None
-            raise
+            obj = self._api.get(plural, name)
+        except NotFound:
+            return None
         (self._drives if plural == DRIVES else self._volumes).apply(obj)
         return obj
 
     def _write(self, plural: str, obj: Obj, status: bool = False) -> Obj:
-        """Replace ``obj`` (its metadata.resourceVersion is the precondition); 409 raises ApiException."""
-        name = obj["metadata"]["name"]
-        if status:
-            out = cast(Obj, self._api.replace_cluster_custom_object_status(GROUP, VERSION, plural, name, obj))
-        else:
-            out = cast(Obj, self._api.replace_cluster_custom_object(GROUP, VERSION, plural, name, obj))
+        """Replace ``obj`` (its metadata.resourceVersion is the precondition); 409 raises ApiConflict."""
+        out = self._api.replace(plural, obj["metadata"]["name"], obj, status=status)
         (self._drives if plural == DRIVES else self._volumes).apply(out)
         return out
 
     def _create(self, plural: str, obj: Obj) -> Obj:
-        out = cast(Obj, self._api.create_cluster_custom_object(GROUP, VERSION, plural, obj))
+        out = self._api.create(plural, obj)
         (self._drives if plural == DRIVES else self._volumes).apply(out)
         return out
 
     def _retry(self, what: str, fn: Callable[[int], Any]) -> Any:
-        """Run ``fn(attempt)`` until it returns without a 409, at most MAX_ATTEMPTS times."""
+        """Run ``fn(attempt)`` until it returns without a 409, at most MAX_ATTEMPTS times. Other
+        API failures leave as the domain errors kube_errors gives them (InvalidArgument for a
+        refused object is prefixed with ``what``)."""
         for attempt in range(MAX_ATTEMPTS):
             try:
                 return fn(attempt)
-            except ApiException as e:
-                if _status_code(e) in (400, 422):
-                    raise InvalidArgument(f"{what}: the API server refused the object ({_reason(e)})",
-                                          "fix the value named in the message") from e
-                if _status_code(e) != 409:
-                    raise
+            except InvalidArgument as e:
+                if isinstance(e.__cause__, ApiException):
+                    raise InvalidArgument(f"{what}: {e.message}", e.hint) from e.__cause__
+                raise
+            except ApiConflict:
                 time.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
         raise Conflict(f"{what}: still conflicting after {MAX_ATTEMPTS} attempts", "retry later")
 
@@ -657,14 +688,8 @@ class KubeStore:
                                                   if f != FINALIZER])
         cur = self._write(plural, dict(cur, metadata=meta))
         name = cur["metadata"]["name"]
-        try:
-            self._api.delete_cluster_custom_object(
-                GROUP, VERSION, plural, name,
-                body=k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(
-                    resource_version=cur["metadata"]["resourceVersion"])))
-        except ApiException as e:
-            if _status_code(e) != 404:
-                raise
+        with contextlib.suppress(NotFound):  # gone already
+            self._api.delete(plural, name, cur["metadata"]["resourceVersion"])
         (self._drives if plural == DRIVES else self._volumes).forget(name, _rv(cur))
         return cur
 
@@ -730,9 +755,7 @@ class KubeStore:
         # step 2: the volume object
         try:
             out = self._create(VOLUMES, body)
-        except ApiException as e:
-            if _status_code(e) != 409:
-                raise
+        except ApiConflict as e:
             other = self._get(VOLUMES, object_name(volume.name))
             if other is not None and other["spec"]["driveID"] == volume.drive_id and \
                     int(other["spec"]["projectID"]) == pid:
@@ -999,9 +1022,7 @@ class KubeStore:
         }
         try:
             out = self._create(VOLUMES, body)
-        except ApiException as e:
-            if _status_code(e) != 409:
-                raise
+        except ApiConflict as e:
             other = self._get(VOLUMES, object_name(volume.name))
             if other is not None and volume_of(other).uid == volume.uid:
                 return volume_of(other)
