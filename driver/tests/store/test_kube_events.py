@@ -21,8 +21,8 @@ import pytest
 import yaml
 from directpv_csi.core.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from directpv_csi.core.models import DRIVE_ERROR, DRIVE_LOST, DRIVE_READY, DRIVE_REMOVED, Drive, Volume
-from directpv_csi.store import events as ev
 from directpv_csi.csi.errors import translate
+from directpv_csi.store import events as ev
 from directpv_csi.store.kube import DRIVES, GROUP, VERSION, VOLUMES, KubeStore, object_name
 from directpv_csi.store.kube_errors import ApiConflict, api_error, translated
 from kube.cluster import KubeStoreCluster
@@ -365,9 +365,8 @@ def test_an_unreachable_api_server_is_unavailable(cluster: KubeStoreCluster) -> 
         port = s.getsockname()[1]
     cfg = client.Configuration(host=f"https://127.0.0.1:{port}")
     cfg.retries = 0
-    with pytest.raises(Unavailable) as gone:
-        with translated("get", f"{DRIVES}.{GROUP}", "d1"):
-            client.CustomObjectsApi(client.ApiClient(cfg)).get_cluster_custom_object(GROUP, VERSION, DRIVES, "d1")
+    with pytest.raises(Unavailable) as gone, translated("get", f"{DRIVES}.{GROUP}", "d1"):
+        client.CustomObjectsApi(client.ApiClient(cfg)).get_cluster_custom_object(GROUP, VERSION, DRIVES, "d1")
     assert "cannot get" in gone.value.message and translate(gone.value)[0] == grpc.StatusCode.UNAVAILABLE
 
 
