@@ -402,7 +402,7 @@ def absent(module: Any) -> Dict[str, Any]:
             "safe_mode: drive {} ({}) holds files other than DirectPV metadata: {}".format(
                 drive.fs_uuid, dev.dev_path, ", ".join(other[:10])
             ),
-            "remove them, or set safe_mode: false to wipe the drive anyway",
+            "move them off the drive first: they are no volumes and nothing else keeps them",
         )
     commands = [["umount", mp] for mp in sorted(dev.mountpoints, key=len, reverse=True)]
     if p["wipe"]:

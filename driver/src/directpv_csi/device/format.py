@@ -357,7 +357,7 @@ def plan_format(
         if did is not None and did != sb.uuid:
             raise DeviceRefused(
                 f"{dev.dev_path} already is DirectPV drive {sb.uuid}, not {did}",
-                "adopt it under its own id (leave drive_id unset), or wipe it (wipefs -a) to format it anew",
+                "adopt it under its own id (leave drive_id unset); a drive of ours is never formatted again",
                 (REASON_OURS,),
             )
         return FormatPlan(
