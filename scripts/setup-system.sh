@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the project, its tests and its demo need.
-# Idempotent: packages already present are left alone. Needs root.
+# Installs the Debian packages one need of the project has (one list per need).
+# Idempotent: packages already present are left alone (a check of a few ms each). Needs root.
+#   scripts/setup-system.sh demo   the demo and a node: XFS/ext4 tools, util-linux, python3-venv
+#   scripts/setup-system.sh test   the demo's plus the test suite's (QEMU guest, sshd hosts, GPT)
+#   scripts/setup-system.sh --list PROFILE   print the package list (bindep.txt says the same)
 set -euo pipefail
 
-PKGS=(
-  xfsprogs util-linux e2fsprogs kmod cpio busybox-static
+DEMO=(xfsprogs util-linux e2fsprogs python3-venv git)
+TEST=(
+  "${DEMO[@]}" kmod cpio busybox-static
   qemu-system-x86 iproute2 openssh-server openssh-client
-  python3-venv gdisk parted
+  gdisk parted
   libsystemd-shared  # udevd inside the QEMU guest (tests/vm) runs against the host root
 )
+list=0; [ "${1:-}" = "--list" ] && { list=1; shift; }
+case "${1:-test}" in
+  demo) PKGS=("${DEMO[@]}") ;;
+  test) PKGS=("${TEST[@]}") ;;
+  *) echo "setup-system: unknown profile '$1' (demo or test)" >&2; exit 2 ;;
+esac
+if [ "$list" = 1 ]; then printf '%s\n' "${PKGS[@]}"; exit 0; fi
 
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ "${#missing[@]}" -eq 0 ]; then
-  echo "system packages: all present"
+  echo "system packages (${1:-test}): all present"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
