@@ -176,3 +176,30 @@ def test_ansible_doc_renders(installed: Dict[str, str], tmp_path: Path, kind: st
     assert name in out.stdout
     assert installed["root"] in out.stdout, "ansible-doc must read the installed copy"
     assert "OPTIONS" in out.stdout or "ENTRY POINT" in out.stdout
+
+
+def _pins(path: Path) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-r"):
+            name, _sep, version = line.partition("==")
+            out[name.strip().lower().replace("_", "-")] = version.strip()
+    return out
+
+
+def test_demo_requirements_are_the_demo_needs_within_the_dev_ones() -> None:
+    """`make demo` installs requirements-demo.txt only: ansible-core and the driver's runtime deps,
+    never the full ansible package, linters or test tools; requirements-dev.txt includes it; every
+    pin equals constraints.txt's (one constraints file for both)."""
+    demo = _pins(REPO / "requirements-demo.txt")
+    dev_text = (REPO / "requirements-dev.txt").read_text()
+    constraints = _pins(REPO / "constraints.txt")
+    assert "-r requirements-demo.txt" in dev_text.splitlines()
+    assert "ansible-core" in demo
+    assert not {"ansible", "ansible-lint", "molecule", "mypy", "pytest", "ruff", "kubernetes"} & set(demo)
+    driver_deps = {"grpcio", "grpcio-health-checking", "protobuf", "prometheus-client", "pyudev"}
+    assert driver_deps <= set(demo), driver_deps - set(demo)
+    for name, version in {**demo, **_pins(REPO / "requirements-dev.txt")}.items():
+        pinned = constraints.get(name)
+        assert pinned == version, f"{name}=={version} differs from constraints.txt ({pinned})"
