@@ -161,18 +161,20 @@ class HostState:
                 sysctls[key] = Path("/proc/sys", key).read_text().strip()
             except OSError:
                 continue
-        try:
-            netns = sorted(os.listdir("/run/netns"))
+        try:  # only what the CNI plugins make (other tests on the host make their own namespaces)
+            netns = sorted(n for n in os.listdir("/run/netns") if n.startswith("cni-"))
         except OSError:
             netns = []
         links = sorted(p.name for p in Path("/sys/class/net").iterdir()
                        if p.name.startswith((BRIDGE, "veth")))
         roots = [str(work)] if work else []
-        roots += ["/run/containerd", "/var/lib/kubelet", "/run/netns"]
+        roots += ["/run/containerd", "/var/lib/kubelet", "/run/netns/cni-"]
         with open("/proc/self/mountinfo", encoding="utf-8") as f:
-            mounts = sorted({line.split()[4] for line in f
-                             if any(line.split()[4] == r or line.split()[4].startswith(r + "/") for r in roots)})
-        procs = [n for n in ("kubelet", "containerd", "containerd-shim-runc-v2", "etcd", "kube-apiserver")
+            mounts = sorted({point for point in (line.split()[4] for line in f)
+                             if any(point == r or point.startswith(r if r.endswith("-") else r + "/") for r in roots)})
+        # what a real node runs (the control plane's binaries also serve other tests' sessions; ours
+        # are stopped by their own process handles)
+        procs = [n for n in ("kubelet", "containerd", "containerd-shim-runc-v2")
                  if subprocess.run(["pgrep", "-x", n], capture_output=True, check=False).returncode == 0]
         return cls(iptables=_iptables_rules(), sysctls=sysctls,
                    fixed_paths={p: os.path.lexists(p) for p in FIXED_PATHS},
