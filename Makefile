@@ -43,7 +43,7 @@ setup-venv: setup-venv-dev
 demo: setup-demo
 	bash scripts/demo.sh
 
-test: setup-test
+test: setup-test cluster-setup image
 	bash scripts/test.sh
 
 # pytest alone: no Go tools (tests that need them skip and say so), no QEMU.
@@ -71,3 +71,23 @@ bench: setup-test
 
 clean:
 	rm -rf build dist tests/output .pytest_cache .mypy_cache .ruff_cache
+
+# --- the real one-node cluster (tests/realnode) and the driver image ---------------------------
+.PHONY: cluster-setup image test-cluster demo-cluster
+# containerd, runc, CNI plugins, buildah, debootstrap from Debian; kube-scheduler and kubelet built
+# like the other tools; the pause image and the Go-built sidecars packed as images.
+cluster-setup: setup
+	bash scripts/setup-cluster.sh
+
+# The driver image (deploy/Containerfile), buildah on a Debian base made here, no registry pull:
+# ~/.cache/directpv-csi/image/directpv-csi.oci.tar (the base is cached between runs).
+image: cluster-setup
+	bash scripts/build-image.sh
+
+# tests/realnode alone (scripts/test.sh runs it as the last stage of `make test`).
+test-cluster: cluster-setup image
+	DIRECTPV_REALNODE=1 $(VENV)/bin/pytest -q -p no:cacheprovider -m realnode tests/realnode
+
+# The whole product on a real one-node cluster, shown step by step, then removed.
+demo-cluster: cluster-setup image
+	bash scripts/demo-cluster.sh

@@ -15,3 +15,8 @@ phase "pytest (driver + collection)" .venv/bin/pytest -q -p no:cacheprovider --b
 phase "QEMU guest: real kernel (XFS quota, partitions, udev, renames)" bash tests/vm/run.sh
 phase "molecule: localhost, and three hosts in network namespaces over ssh" bash scripts/molecule.sh
 phase "demo (scripts/demo.sh: what make demo runs after setup)" bash scripts/demo.sh
+# Last and on its own: a real kubelet + containerd on this host (tests/realnode), whose bridge and
+# iptables rules must not meet the network-namespace and QEMU tests above. `make test` runs
+# cluster-setup and image first (scripts/setup-cluster.sh, scripts/build-image.sh).
+phase "real node: the whole product under a real kubelet (tests/realnode)" \
+  env DIRECTPV_REALNODE=1 .venv/bin/pytest -q -p no:cacheprovider --basetemp "$BASETEMP/realnode" -m realnode tests/realnode
