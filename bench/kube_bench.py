@@ -50,8 +50,8 @@ import grpc  # noqa: E402
 from directpv_csi.core.models import Drive  # noqa: E402
 from directpv_csi.csi.proto import csi_pb2 as pb  # noqa: E402
 from directpv_csi.csi.proto import csi_pb2_grpc as pbg  # noqa: E402
+from directpv_csi.kube.store import KubeStore, apply_crds  # noqa: E402
 from directpv_csi.store.embedded import EmbeddedStore  # noqa: E402
-from directpv_csi.store.kube import KubeStore, apply_crds  # noqa: E402
 from kube.controlplane import ControlPlane, find_binaries, launch, shutdown, tools_dir  # noqa: E402
 
 from testsupport import DriverProcess  # noqa: E402

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator, List, Sequence
 
 import pytest
-from directpv_csi.store.kube import DRIVES, GROUP, VERSION, VOLUMES, apply_crds
+from directpv_csi.kube.store import DRIVES, GROUP, VERSION, VOLUMES, apply_crds
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 

@@ -32,7 +32,7 @@ import pytest
 from directpv_csi.core.models import Drive
 from directpv_csi.csi.proto import csi_pb2 as pb
 from directpv_csi.csi.proto import csi_pb2_grpc as pbg
-from directpv_csi.store.kube import DRIVES, GROUP, VERSION, VOLUMES, KubeStore, object_name
+from directpv_csi.kube.store import DRIVES, GROUP, VERSION, VOLUMES, KubeStore, object_name
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 

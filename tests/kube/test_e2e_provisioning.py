@@ -30,7 +30,7 @@ import pytest
 from directpv_csi.core.units import MiB
 from directpv_csi.csi.proto import csi_pb2 as pb
 from directpv_csi.csi.proto import csi_pb2_grpc as pbg
-from directpv_csi.store.kube import DRIVES, GROUP, VERSION, VOLUMES, object_name
+from directpv_csi.kube.store import DRIVES, GROUP, VERSION, VOLUMES, object_name
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.utils import parse_quantity as _parse_quantity

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
-from directpv_csi.store.kube import DRIVES, GROUP, VERSION
-from directpv_csi.store.kube_nodes import INIT_REQUESTS, NODES
+from directpv_csi.kube.nodes import INIT_REQUESTS, NODES
+from directpv_csi.kube.store import DRIVES, GROUP, VERSION
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 

@@ -28,8 +28,8 @@ from directpv_csi.core.models import Volume
 from directpv_csi.core.units import MiB
 from directpv_csi.csi.proto import csi_pb2 as pb
 from directpv_csi.csi.proto import csi_pb2_grpc as pbg
-from directpv_csi.store.kube import GROUP, VERSION, KubeStore, apply_crds
-from directpv_csi.store.kube_nodes import NODES
+from directpv_csi.kube.nodes import NODES
+from directpv_csi.kube.store import GROUP, VERSION, KubeStore, apply_crds
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 

@@ -1,4 +1,4 @@
-"""The node's device report (DirectPVNode, store/kube_nodes.py) on the real API server: written by a
+"""The node's device report (DirectPVNode, kube/nodes.py) on the real API server: written by a
 real `directpv-csi node` process for a real loop device (listed with its verdict, unchanged while
 nothing changes, a `spec.refresh` request answered after the device was formatted), and the
 reporter's write-only-on-change and refresh bookkeeping in-process on hand-made devices.
@@ -15,8 +15,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 from directpv_csi.core.units import MiB
-from directpv_csi.store.kube import GROUP, VERSION
-from directpv_csi.store.kube_nodes import NODES
+from directpv_csi.kube.nodes import NODES
+from directpv_csi.kube.store import GROUP, VERSION
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -115,7 +115,7 @@ def test_reporter_writes_only_changes_and_answers_each_refresh_once(kube_store_c
 
     from directpv_csi.core.judge import JudgePolicy
     from directpv_csi.core.models import Device
-    from directpv_csi.store.kube_nodes import NodeReporter
+    from directpv_csi.kube.nodes import NodeReporter
 
     cp = kube_store_cluster.control_plane
     api: Any = client.CustomObjectsApi(cp.api_client)

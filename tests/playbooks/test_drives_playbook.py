@@ -336,7 +336,7 @@ def test_release_wipe_refused_while_the_cluster_holds_a_reservation(
     if importlib.util.find_spec("ansible_collections.kubernetes.core") is None:
         pytest.skip("needs the kubernetes.core collection (make setup installs it)")
     from directpv_csi.core.models import Drive, Volume
-    from directpv_csi.store.kube import KubeStore
+    from directpv_csi.kube.store import KubeStore
 
     dev = loopdev("600M")
     run = playbook("drives.yml", inventory({"w1": {"directpv_drives": [dev]}}))

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 import yaml
-from directpv_csi.store.kube import apply_crds
+from directpv_csi.kube.store import apply_crds
 from kube.controlplane import ControlPlane
 from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException

@@ -21,8 +21,8 @@ from csi_helpers import (
     short_dir_fixture,  # noqa: F401 - fixtures
     unmount_under,
 )
+from directpv_csi.kube.store import KubeStore
 from directpv_csi.store.embedded import EmbeddedStore
-from directpv_csi.store.kube import KubeStore
 
 TOOLS_DIR = Path(os.environ.get("TOOLS_DIR", Path.home() / ".cache" / "directpv-csi" / "tools"))
 CSI_SANITY = TOOLS_DIR / "csi-sanity"

@@ -125,7 +125,7 @@ def test_directpv_drive_is_refused_everywhere_and_left_unchanged(
         assert "set force" not in text and "format it anyway" not in text and "again" not in text
 
     # The node's DirectPVNode report (the judge's verdicts) says what it is.
-    from directpv_csi.store.kube_nodes import device_reports
+    from directpv_csi.kube.nodes import device_reports
 
     (row,) = device_reports([d], LOOPS, "node-a")
     assert not row["available"] and not row["availableWithForce"]

@@ -67,7 +67,7 @@ class Kube(Backend):
         self.cluster = cluster
 
     def open(self) -> Any:
-        from directpv_csi.store.kube import KubeStore
+        from directpv_csi.kube.store import KubeStore
 
         return KubeStore(self.cluster.new_client(), events=False)
 
@@ -76,7 +76,7 @@ class Kube(Backend):
         themselves, then re-create the CRDs: the cluster forgot everything."""
         import time
 
-        from directpv_csi.store.kube import apply_crds
+        from directpv_csi.kube.store import apply_crds
         from kube.cluster import CRD_DIR
         from kubernetes import client
 

@@ -20,7 +20,7 @@ from observe_helpers import TcpRelay, get, metrics_url, one, scrape, series, wai
 
 from csi_helpers import GiB  # isort: skip - found through observe_helpers' sys.path entry
 from directpv_csi.core.models import Drive, Volume
-from directpv_csi.store.kube import DRIVES, GROUP, VERSION, KubeStore
+from directpv_csi.kube.store import DRIVES, GROUP, VERSION, KubeStore
 from kubernetes import client
 
 from testsupport import DriverProcess

@@ -31,7 +31,7 @@ def _embedded(tmp_path: Path, request: pytest.FixtureRequest) -> Tuple[Any, Call
 
 
 def _kube(tmp_path: Path, request: pytest.FixtureRequest) -> Tuple[Any, Callable[[], Any]]:
-    from directpv_csi.store.kube import KubeStore
+    from directpv_csi.kube.store import KubeStore
 
     cluster = request.getfixturevalue("kube_store_cluster")
     cluster.wipe()

@@ -1,11 +1,11 @@
-"""store/kube_nodes.pending_devices / merged_status: which devices of a DirectPVInitRequest a node
+"""kube/nodes.pending_devices / merged_status: which devices of a DirectPVInitRequest a node
 still has to handle, and the request's status once results come in (pure dict logic)."""
 
 from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from directpv_csi.store.kube_nodes import merged_status, pending_devices
+from directpv_csi.kube.nodes import merged_status, pending_devices
 
 
 def request(devices: List[Dict[str, str]], results: Any = None) -> Dict[str, Any]:

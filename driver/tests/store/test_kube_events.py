@@ -1,4 +1,4 @@
-"""Kubernetes Events from the kube store (store/events.py), on the real kube-apiserver (tests/kube).
+"""Kubernetes Events from the kube store (kube/events.py), on the real kube-apiserver (tests/kube).
 
 Each test reads the Events back from the API server (``events.k8s.io/v1`` in ``default``) and
 selects them by the uid of the DirectPV object they are about, so events left by earlier tests
@@ -22,9 +22,9 @@ import yaml
 from directpv_csi.core.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from directpv_csi.core.models import DRIVE_ERROR, DRIVE_LOST, DRIVE_READY, DRIVE_REMOVED, Drive, Volume
 from directpv_csi.csi.errors import translate
-from directpv_csi.store import events as ev
-from directpv_csi.store.kube import DRIVES, GROUP, VERSION, VOLUMES, KubeStore, object_name
-from directpv_csi.store.kube_errors import ApiConflict, api_error, translated
+from directpv_csi.kube import events as ev
+from directpv_csi.kube.errors import ApiConflict, api_error, translated
+from directpv_csi.kube.store import DRIVES, GROUP, VERSION, VOLUMES, KubeStore, object_name
 from kube.cluster import KubeStoreCluster
 from kubernetes import client
 

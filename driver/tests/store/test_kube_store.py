@@ -14,7 +14,8 @@ from typing import Any, Dict, Iterator, List, cast
 import pytest
 from directpv_csi.core.errors import Conflict, FailedPrecondition, InvalidArgument
 from directpv_csi.core.models import Drive, Volume
-from directpv_csi.store.kube import DRIVES, FINALIZER, GROUP, VERSION, VOLUMES, KubeStore, _Informer, object_name
+from directpv_csi.kube.informer import Informer
+from directpv_csi.kube.store import DRIVES, FINALIZER, GROUP, VERSION, VOLUMES, KubeStore, object_name
 from kube.cluster import KubeStoreCluster
 from kubernetes import client
 
@@ -249,7 +250,7 @@ def test_expired_watch_is_detected_and_relisted(store: KubeStore, cluster: KubeS
     """A watch from a resourceVersion the server no longer holds gets 410 Gone: the informer
     answers None (list again), and a LIST then brings the cache up to date."""
     store.put_drive(Drive(drive_id="d1", node="n1", name="sdb", total=4 * GiB))
-    informer = _Informer(client.CustomObjectsApi(cluster.api_client), DRIVES, {"node": lambda o: o["spec"]["node"]})
+    informer = Informer(client.CustomObjectsApi(cluster.api_client), DRIVES, {"node": lambda o: o["spec"]["node"]})
     assert informer.watch_from("1", timeout_s=5) is None
     assert informer.items == {} and informer.relists == 0
     informer._list()

@@ -1,4 +1,4 @@
-"""store/kube_nodes.device_reports: the DirectPVNode status rows, on hand-made devices (pure: the
+"""kube/nodes.device_reports: the DirectPVNode status rows, on hand-made devices (pure: the
 function only combines core/judge.py's verdicts with core/selection.device_row)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 from directpv_csi.core.judge import OUR_LABEL, JudgePolicy
 from directpv_csi.core.models import Device
-from directpv_csi.store.kube_nodes import device_reports
+from directpv_csi.kube.nodes import device_reports
 
 GiB = 2**30
 

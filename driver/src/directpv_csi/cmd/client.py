@@ -375,7 +375,7 @@ def orphans(args: argparse.Namespace) -> int:
         return 2
     store: Any
     if args.kubeconfig:
-        from ..store.kube import KubeStore
+        from ..kube.store import KubeStore
 
         store = KubeStore.from_kubeconfig(args.kubeconfig, events=False)
     else:

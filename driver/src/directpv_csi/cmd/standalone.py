@@ -97,7 +97,7 @@ def build(args: argparse.Namespace) -> Any:
     state = Path(os.path.abspath(args.state_dir))
     if args.store == "kube":
         from ..core.errors import FailedPrecondition
-        from ..store.kube import KubeStore
+        from ..kube.store import KubeStore
 
         try:
             # events name who reported them: the node, or the controller's pod (downward API POD_NAME)
@@ -279,12 +279,12 @@ def _uevents(registry: Any) -> Any:
 
 
 def _node_reporter(args: argparse.Namespace, store: Any, registry: Any) -> Any:
-    """On the kube store, a node keeps its DirectPVNode's device report true (store/kube_nodes.py):
+    """On the kube store, a node keeps its DirectPVNode's device report true (kube/nodes.py):
     every full probe of the registry goes into it; ``spec.refresh`` asks the registry to probe now."""
     if registry is None or args.store != "kube":
         return None
     from ..core.judge import JudgePolicy
-    from ..store.kube_nodes import NodeReporter
+    from ..kube.nodes import NodeReporter
 
     reporter = NodeReporter(store.api_client, registry.config.node_id,
                             JudgePolicy(allow_loop=registry.config.allow_loop), on_refresh=registry.request_sync)
@@ -299,8 +299,8 @@ def _init_requests(args: argparse.Namespace, store: Any, registry: Any) -> Any:
     the Ansible drive module's format code and refusals; every device needs its reviewed id)."""
     if registry is None or args.store != "kube":
         return None
+    from ..kube.nodes import InitRequestWatcher
     from ..node.initreq import init_device
-    from ..store.kube_nodes import InitRequestWatcher
 
     config = registry.config
 

@@ -34,10 +34,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import InvalidArgument
 from .models import (
+    REASON_DIRECTPV,
     REASON_HAS_DATA,
     REASON_LOOP,
     REASON_OURS,
     REASON_ROOT_DISK,
+    REASON_UNREADABLE,
+    REASON_UNVERIFIED,
     Device,
     Reason,
     Verdict,
@@ -419,6 +422,12 @@ def _reason_hint(reason: Reason) -> str:
         return "loop devices are for tests: set allow_loop (role: directpv_allow_loop: true) to use one"
     if reason.code == REASON_ROOT_DISK:
         return "remove it from the selection: the root disk is never used"
+    if reason.code == REASON_DIRECTPV:
+        return "remove it from the selection: it is MinIO DirectPV's and holds its volumes (a migration path exists)"
+    if reason.code == REASON_UNREADABLE:
+        return "run the play with become: true so the device can be read"
+    if reason.code == REASON_UNVERIFIED:
+        return "run the play with become: true so its files tell whose drive it is"
     return "fix the device or remove it from the selection"
 
 

@@ -1,6 +1,6 @@
 """Kubernetes Events (``events.k8s.io/v1``) for the store's important transitions.
 
-The store (store/kube.py) decides when something worth telling an operator happened and calls
+The store (kube/store.py) decides when something worth telling an operator happened and calls
 :meth:`EventRecorder.emit`; this module owns what follows. It imports no Kubernetes client:
 the API calls go through a :class:`Sink` that kube.py provides (the one module allowed to
 import ``kubernetes``), so the queueing, aggregation and error handling here are plain code.
@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional, Protocol, Tuple
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("directpv_csi.store.events")  # the name operators filter on (kept from store/)
 
 REPORTING_CONTROLLER = "csi.directpv.dev"
 DEFAULT_NAMESPACE = "default"

@@ -35,7 +35,7 @@ from ..core.judge import JudgePolicy, judge
 from ..core.models import Device
 from ..core.selection import device_row
 from . import events as ev
-from .kube import GROUP, VERSION
+from .objects import GROUP, VERSION
 
 NODES = "directpvnodes"
 WATCH_TIMEOUT_S = 300

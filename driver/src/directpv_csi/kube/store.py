@@ -1,5 +1,10 @@
 """Kubernetes store: the Store port (store/base.py) on custom resources in ``directpv.dev``.
 
+The kube/ package is the only place in the driver that imports the Kubernetes client:
+objects.py (names, labels, conversions), informer.py (the watch-backed cache), crds.py,
+errors.py (the one ApiException translation), events.py (the Event recorder), nodes.py (the
+node agents: DirectPVNode report, init requests) and this adapter.
+
 Objects (CRDs in deploy/crds/, all cluster-scoped, version v1beta1)
   * ``DirectPVDrive`` (name = drive id): ``spec`` holds what the operator decides (node,
     schedulable, accessTier, labels), ``status`` what the node reports (kernel name, total,
@@ -40,26 +45,20 @@ object Terminating instead of forgetting data that still exists.
 
 Events: the transitions decided here (volume provisioned / expanded / released; a drive added,
 lost, failed, recovered or removed, from its cached status before the write and the new one) are
-reported as ``events.k8s.io/v1`` Events by a background recorder (store/events.py lists the
+reported as ``events.k8s.io/v1`` Events by a background recorder (kube/events.py lists the
 reasons); they never slow down or fail the operation. ``KubeStore(..., events=False)`` turns them off.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import random
-import re
 import socket
-import threading
 import time
 import uuid
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, cast
+from typing import Any, Callable, List, Optional, Sequence, Set, Tuple, cast
 
-import yaml
 from kubernetes import client as k8s
-from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
 from ..core.errors import (
@@ -69,7 +68,6 @@ from ..core.errors import (
     InvalidArgument,
     NotFound,
     OutOfRange,
-    PermissionDenied,
 )
 from ..core.models import (
     DRIVE_ERROR,
@@ -82,141 +80,51 @@ from ..core.models import (
     Volume,
 )
 from ..core.units import format_size
-from . import events as ev
-from .base import (
+from ..store.base import (
     check_drive_changes,
     check_new_drive,
     check_new_volume,
     check_restored_volume,
     check_volume_changes,
 )
-from .kube_errors import TRANSPORT_ERRORS, ApiConflict, api_error, translated
+from . import events as ev
+from .crds import apply_crds, load_crds
+from .errors import ApiConflict, translated
+from .informer import Informer
+from .objects import (
+    DRIVES,
+    FINALIZER,
+    GROUP,
+    LABEL_DRIVE,
+    LABEL_DRIVE_NAME,
+    LABEL_NODE,
+    LABEL_TIER,
+    VERSION,
+    VOLUMES,
+    Obj,
+    check_name,
+    drive_meta_labels,
+    drive_of,
+    drive_status_body,
+    label_value,
+    label_values,
+    object_name,
+    resource_name,
+    rv_of,
+    smallest_unused,
+    tomb_key,
+    tombstones_of,
+    used_project_ids,
+    volume_of,
+)
 
-GROUP = "directpv.dev"
-VERSION = "v1beta1"
-DRIVES = "directpvdrives"
-VOLUMES = "directpvvolumes"
-FINALIZER = "directpv.dev/data-protection"
-LABEL_NODE = "directpv.dev/node"
-LABEL_DRIVE = "directpv.dev/drive"
-LABEL_DRIVE_NAME = "directpv.dev/drive-name"
-LABEL_TIER = "directpv.dev/access-tier"
+__all__ = ["DRIVES", "FINALIZER", "GROUP", "VERSION", "VOLUMES", "KubeStore", "apply_crds", "load_crds",
+           "object_name"]
 
 EVENT_TIMEOUT_S = 5.0  # one events.k8s.io call (the recorder's thread waits, never the operation)
 MAX_ATTEMPTS = 400  # optimistic retries of one write under contention (each costs one GET)
 PING_TIMEOUT_S = 3.0  # readiness must answer before the kubelet's probe gives up
 ORPHAN_GRACE_S = 300.0  # ledger records younger than this may belong to a reservation in flight
-
-# matched with fullmatch: ``$`` would also accept a trailing newline
-_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
-_LABEL_VALUE_RE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
-
-Obj = Dict[str, Any]
-
-
-# --- conversions --------------------------------------------------------------------------
-
-
-def _rv(obj: Obj) -> int:
-    return int(obj["metadata"]["resourceVersion"])
-
-
-def _label(value: str) -> Optional[str]:
-    return value if _LABEL_VALUE_RE.fullmatch(value) else None
-
-
-def _labels(pairs: Dict[str, str]) -> Dict[str, str]:
-    return {k: v for k, v in ((k, _label(v)) for k, v in pairs.items()) if v is not None}
-
-
-def _check_name(kind: str, name: str) -> None:
-    if not _NAME_RE.fullmatch(name):
-        raise InvalidArgument(f"{kind} name {name!r} is not a Kubernetes object name",
-                              "use lower-case letters, digits, '-' and '.' (at most 253 characters)")
-
-
-def object_name(volume_name: str) -> str:
-    """The DirectPVVolume object name of a CSI volume name.
-
-    CSI names are arbitrary strings (csi-sanity uses upper case; external-provisioner's
-    ``pvc-<uuid>`` are already valid): a valid object name is used as it is, any other maps to
-    ``v-<sha256 hex>`` (deterministic, so get/delete find it again). The CSI name itself is kept
-    in ``spec.name``."""
-    if _NAME_RE.fullmatch(volume_name) and len(volume_name) <= 253:
-        return volume_name
-    return "v-" + hashlib.sha256(volume_name.encode()).hexdigest()
-
-
-def drive_of(obj: Obj) -> Drive:
-    spec: Obj = obj.get("spec") or {}
-    st: Obj = obj.get("status") or {}
-    ledger: Obj = st.get("volumes") or {}
-    return Drive(
-        drive_id=obj["metadata"]["name"], node=spec.get("node", ""), name=st.get("name", ""),
-        total=int(st.get("total", 0)), allocated=sum(int(r["size"]) for r in ledger.values()),
-        volume_count=len(ledger), status=st.get("status", DRIVE_READY), schedulable=bool(spec.get("schedulable", True)),
-        access_tier=spec.get("accessTier", "Default"), make=st.get("make", ""), mountpoint=st.get("mountpoint", ""),
-        message=st.get("message", ""), labels=dict(spec.get("labels") or {}), topology=dict(st.get("topology") or {}),
-        generation=_rv(obj),
-    )
-
-
-def volume_of(obj: Obj) -> Volume:
-    spec: Obj = obj.get("spec") or {}
-    st: Obj = obj.get("status") or {}
-    return Volume(
-        name=spec.get("name") or obj["metadata"]["name"], drive_id=spec["driveID"], node=spec["node"],
-        size=int(spec["size"]),
-        project_id=int(spec["projectID"]), status=st.get("status", VOLUME_PENDING),
-        parameters=dict(spec.get("parameters") or {}), staging_path=st.get("stagingPath", ""),
-        target_paths=tuple(st.get("targetPaths") or ()), read_only_targets=tuple(st.get("readOnlyTargets") or ()),
-        labels=dict(spec.get("labels") or {}), created_at=float(spec.get("createdAt", 0.0)), generation=_rv(obj),
-        uid=str(spec.get("uid") or obj["metadata"].get("uid", "")),  # objects made before uids: the object's
-    )
-
-
-def tombstones_of(obj: Obj) -> List[Tombstone]:
-    st: Obj = obj.get("status") or {}
-    node = (obj.get("spec") or {}).get("node", "")
-    return sorted((Tombstone(drive_id=obj["metadata"]["name"], node=node, name=str(t["name"]),
-                             uid=str(t.get("uid", "")), project_id=int(t["projectID"]), size=int(t.get("size", 0)),
-                             deleted_at=float(t.get("deletedAt", 0.0)))
-                   for t in (st.get("tombstones") or {}).values()), key=lambda t: (t.name, t.uid))
-
-
-def _tomb_key(name: str, uid: str) -> str:
-    return f"{name}#{uid}"
-
-
-def _used_pids(st: Obj) -> Set[int]:
-    return {int(r["projectID"]) for r in (st.get("volumes") or {}).values()} | \
-        {int(t["projectID"]) for t in (st.get("tombstones") or {}).values()}
-
-
-def _drive_meta_labels(node: str, name: str, tier: str) -> Dict[str, str]:
-    return _labels({LABEL_NODE: node, LABEL_DRIVE_NAME: name, LABEL_TIER: tier})
-
-
-def _drive_status(d: Drive, ledger: Obj, tombstones: Optional[Obj] = None) -> Obj:
-    out: Obj = {
-        "name": d.name, "total": d.total, "status": d.status, "make": d.make, "mountpoint": d.mountpoint,
-        "message": d.message, "topology": dict(d.topology), "volumes": ledger,
-        "allocated": sum(int(r["size"]) for r in ledger.values()), "volumeCount": len(ledger),
-    }
-    if tombstones:
-        out["tombstones"] = tombstones
-    return out
-
-
-def _smallest_unused(used: Set[int]) -> int:
-    pid = 1
-    while pid in used:
-        pid += 1
-    return pid
-
-
-def _resource(plural: str, status: bool = False) -> str:
-    return f"{plural}{'/status' if status else ''}.{GROUP}"
 
 
 class _Api:
@@ -226,216 +134,24 @@ class _Api:
         self._api = k8s.CustomObjectsApi(api_client)
 
     def get(self, plural: str, name: str) -> Obj:
-        with translated("get", _resource(plural), name):
+        with translated("get", resource_name(plural), name):
             return cast(Obj, self._api.get_cluster_custom_object(GROUP, VERSION, plural, name))
 
     def create(self, plural: str, body: Obj) -> Obj:
-        with translated("create", _resource(plural), body["metadata"]["name"]):
+        with translated("create", resource_name(plural), body["metadata"]["name"]):
             return cast(Obj, self._api.create_cluster_custom_object(GROUP, VERSION, plural, body))
 
     def replace(self, plural: str, name: str, body: Obj, status: bool = False) -> Obj:
-        with translated("update", _resource(plural, status), name):
+        with translated("update", resource_name(plural, status), name):
             if status:
                 return cast(Obj, self._api.replace_cluster_custom_object_status(GROUP, VERSION, plural, name, body))
             return cast(Obj, self._api.replace_cluster_custom_object(GROUP, VERSION, plural, name, body))
 
     def delete(self, plural: str, name: str, resource_version: str) -> None:
-        with translated("delete", _resource(plural), name):
+        with translated("delete", resource_name(plural), name):
             self._api.delete_cluster_custom_object(
                 GROUP, VERSION, plural, name,
                 body=k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(resource_version=resource_version)))
-
-
-# --- the watch-backed cache ------------------------------------------------------------------
-
-
-class _Informer:
-    """Objects of one kind: LIST, then WATCH from its resourceVersion; re-LIST on 410 Gone.
-
-    ``index`` maps an index name to a function giving an object's key in it."""
-
-    def __init__(self, api: Any, plural: str, index: Dict[str, Callable[[Obj], str]]) -> None:
-        self._api = api
-        self._plural = plural
-        self._index_fns = index
-        self._lock = threading.Lock()
-        self.items: Dict[str, Obj] = {}
-        self.index: Dict[str, Dict[str, Set[str]]] = {k: {} for k in index}
-        self._tombstones: Dict[str, int] = {}  # deleted locally: ignore older events for them
-        self._synced = threading.Event()
-        self._stop = threading.Event()
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, name=f"informer-{plural}", daemon=True)
-        self.relists = 0
-
-    # -- cache mutation (caller holds no lock) --
-    def _unindex(self, name: str) -> None:
-        old = self.items.pop(name, None)
-        if old is None:
-            return
-        for key, fn in self._index_fns.items():
-            bucket = self.index[key].get(fn(old))
-            if bucket is not None:
-                bucket.discard(name)
-                if not bucket:
-                    del self.index[key][fn(old)]
-
-    def _put(self, obj: Obj) -> None:
-        name = obj["metadata"]["name"]
-        # managedFields (server-side apply bookkeeping) are most of a small object's size and never
-        # read here; a replace without them leaves the server's copy unchanged
-        obj["metadata"].pop("managedFields", None)
-        self._unindex(name)
-        self.items[name] = obj
-        for key, fn in self._index_fns.items():
-            self.index[key].setdefault(fn(obj), set()).add(name)
-
-    def apply(self, obj: Obj) -> None:
-        """An object as the API server returned or announced it: kept unless the cache holds newer."""
-        name = obj["metadata"]["name"]
-        with self._lock:
-            cur = self.items.get(name)
-            if cur is not None and _rv(cur) >= _rv(obj):
-                return
-            if name in self._tombstones and _rv(obj) <= self._tombstones[name]:
-                return
-            self._tombstones.pop(name, None)
-            self._put(obj)
-
-    def forget(self, name: str, rv: int) -> None:
-        """``name`` is gone (deleted by us at or after ``rv``, or announced DELETED)."""
-        with self._lock:
-            cur = self.items.get(name)
-            if cur is not None and _rv(cur) > rv:
-                return  # re-created since
-            self._unindex(name)
-            self._tombstones[name] = max(rv, self._tombstones.get(name, 0))
-
-    def get(self, name: str) -> Optional[Obj]:
-        with self._lock:
-            return self.items.get(name)
-
-    def by(self, key: str, value: str) -> List[Obj]:
-        with self._lock:
-            return [self.items[n] for n in self.index[key].get(value, ())]
-
-    def all(self) -> List[Obj]:
-        with self._lock:
-            return list(self.items.values())
-
-    def keys(self, key: str) -> List[str]:
-        with self._lock:
-            return sorted(k for k, v in self.index[key].items() if v)
-
-    # -- the loop --
-    def start(self, timeout_s: float) -> None:
-        self._thread.start()
-        if not self._synced.wait(timeout_s):
-            self._stop.set()
-            if self._error is not None and isinstance(self._error, TRANSPORT_ERRORS):
-                refused = api_error(self._error, "list", _resource(self._plural))
-                if isinstance(refused, PermissionDenied):
-                    raise refused from self._error
-            raise FailedPrecondition(f"could not list {self._plural}.{GROUP} within {timeout_s:.0f} s ({self._error})",
-                           "check that the API server answers and the CRDs are installed (deploy/crds)")
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _list(self) -> str:
-        lst = self._api.list_cluster_custom_object(GROUP, VERSION, self._plural)
-        rv: str = lst["metadata"]["resourceVersion"]
-        fresh = {o["metadata"]["name"]: o for o in lst.get("items", [])}
-        with self._lock:
-            for name in list(self.items):
-                if name not in fresh and _rv(self.items[name]) <= int(rv):
-                    self._unindex(name)
-            for obj in fresh.values():
-                cur = self.items.get(obj["metadata"]["name"])
-                if cur is None or _rv(cur) < _rv(obj):
-                    self._put(obj)
-            self._tombstones = {k: v for k, v in self._tombstones.items() if v > int(rv)}
-        self.relists += 1
-        self._synced.set()
-        return rv
-
-    def watch_from(self, rv: str, timeout_s: int = 30) -> Optional[str]:
-        """Apply events from ``rv`` until the server ends the watch: the last resourceVersion seen,
-        or None when ``rv`` expired (410 Gone: the caller lists again)."""
-        w = k8s_watch.Watch()  # type: ignore[no-untyped-call]
-        stream = w.stream(  # type: ignore[no-untyped-call]
-            self._api.list_cluster_custom_object, GROUP, VERSION, self._plural,
-            resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=timeout_s)
-        try:
-            for ev in stream:
-                if self._stop.is_set():
-                    break
-                kind, obj = ev["type"], ev["object"]
-                if kind == "ERROR":
-                    if int(obj.get("code", 0)) == 410:
-                        return None
-                    raise ApiException(status=int(obj.get("code", 0)), reason=str(obj.get("message", "")))
-                rv = obj["metadata"]["resourceVersion"]
-                if kind in ("ADDED", "MODIFIED"):
-                    self.apply(obj)
-                elif kind == "DELETED":
-                    self.forget(obj["metadata"]["name"], _rv(obj))
-        except ApiException as e:
-            if int(getattr(e, "status", 0) or 0) == 410:
-                return None
-            raise
-        finally:
-            w.stop()  # type: ignore[no-untyped-call]
-        return rv
-
-    def _run(self) -> None:
-        rv: Optional[str] = None
-        while not self._stop.is_set():
-            try:
-                if rv is None:
-                    rv = self._list()
-                rv = self.watch_from(rv)
-            except Exception as e:  # connection closed on stop, server restarting...
-                self._error = e
-                self._stop.wait(0.5)
-
-
-# --- the store -----------------------------------------------------------------------------
-
-
-def load_crds(directory: Path) -> List[Obj]:
-    return [yaml.safe_load(p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.yaml"))]
-
-
-def apply_crds(api_client: Any, directory: Path, timeout_s: float = 60.0) -> List[str]:
-    """Create or update every CRD in ``directory`` and wait until each is Established."""
-    ext = k8s.ApiextensionsV1Api(api_client)
-    names: List[str] = []
-    for body in load_crds(directory):
-        name = body["metadata"]["name"]
-        names.append(name)
-        resource = "customresourcedefinitions.apiextensions.k8s.io"
-        try:
-            with translated("create", resource, name):
-                ext.create_custom_resource_definition(body)  # type: ignore[arg-type]
-        except ApiConflict:
-            with translated("update", resource, name):
-                cur = ext.read_custom_resource_definition(name)
-                body["metadata"]["resourceVersion"] = cur.metadata.resource_version if cur.metadata else None
-                ext.replace_custom_resource_definition(name, body)  # type: ignore[arg-type]
-    deadline = time.monotonic() + timeout_s
-    for name in names:
-        while True:
-            with translated("get", "customresourcedefinitions.apiextensions.k8s.io", name):
-                crd = ext.read_custom_resource_definition(name)
-            conds = {c.type: c.status for c in ((crd.status.conditions if crd.status else None) or [])}
-            if conds.get("Established") == "True":
-                break
-            if time.monotonic() > deadline:
-                raise Conflict(f"CRD {name} not Established after {timeout_s:.0f} s ({conds})",
-                               "look at the API server log")
-            time.sleep(0.1)
-    return names
 
 
 class _EventSink:
@@ -463,7 +179,7 @@ class KubeStore:
     ``reporting_instance`` names this process in its Events (the node name for a node plugin, the
     pod name for a controller; default: the host name, which is the pod name in a pod);
     ``events=False`` sends none (benchmarks); ``events_namespace`` is where they go (see
-    store/events.py for why ``default``)."""
+    kube/events.py for why ``default``)."""
 
     def __init__(self, api_client: Any, sync_timeout_s: float = 30.0, *, events: bool = True,
                  reporting_instance: Optional[str] = None, events_namespace: str = ev.DEFAULT_NAMESPACE) -> None:
@@ -475,8 +191,8 @@ class KubeStore:
         # watches get their own connection pool: close() drops it, which ends the blocking reads
         self._watch_client = k8s.ApiClient(api_client.configuration)
         watch_api = k8s.CustomObjectsApi(self._watch_client)
-        self._drives = _Informer(watch_api, DRIVES, {"node": lambda o: (o.get("spec") or {}).get("node", "")})
-        self._volumes = _Informer(watch_api, VOLUMES, {
+        self._drives = Informer(watch_api, DRIVES, {"node": lambda o: (o.get("spec") or {}).get("node", "")})
+        self._volumes = Informer(watch_api, VOLUMES, {
             "node": lambda o: o["spec"]["node"], "drive": lambda o: o["spec"]["driveID"]})
         self._closed = False
         self._drives.start(sync_timeout_s)
@@ -585,7 +301,7 @@ class KubeStore:
     # ------------------------------------------------------------------ drives
     def put_drive(self, drive: Drive) -> Drive:
         check_new_drive(drive)
-        _check_name("drive", drive.drive_id)
+        check_name("drive", drive.drive_id)
 
         before: List[Optional[str]] = [None]  # the status this attempt started from
 
@@ -596,23 +312,23 @@ class KubeStore:
                 body: Obj = {
                     "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVDrive",
                     "metadata": {"name": drive.drive_id, "finalizers": [FINALIZER],
-                                 "labels": _drive_meta_labels(drive.node, drive.name, drive.access_tier)},
+                                 "labels": drive_meta_labels(drive.node, drive.name, drive.access_tier)},
                     "spec": {"node": drive.node, "schedulable": drive.schedulable, "accessTier": drive.access_tier,
                              "labels": dict(drive.labels)},
                 }
                 cur = self._create(DRIVES, body)  # 409 if someone registered it meanwhile: retried as update
             spec = cur.get("spec") or {}
             if spec.get("node") != drive.node or (cur["metadata"].get("labels") or {}).get(LABEL_DRIVE_NAME) != \
-                    _label(drive.name):
+                    label_value(drive.name):
                 cur = dict(cur, spec=dict(spec, node=drive.node), metadata=dict(
                     cur["metadata"], labels=dict(cur["metadata"].get("labels") or {},
-                                                 **_drive_meta_labels(drive.node, drive.name,
+                                                 **drive_meta_labels(drive.node, drive.name,
                                                                       spec.get("accessTier", "Default")))))
-                if _label(drive.name) is None:
+                if label_value(drive.name) is None:
                     cur["metadata"]["labels"].pop(LABEL_DRIVE_NAME, None)
                 cur = self._write(DRIVES, cur)
             st = cur.get("status") or {}
-            new_status = _drive_status(drive, dict(st.get("volumes") or {}), dict(st.get("tombstones") or {}))
+            new_status = drive_status_body(drive, dict(st.get("volumes") or {}), dict(st.get("tombstones") or {}))
             if st and {k: st.get(k) for k in new_status} == new_status:
                 return cur  # nothing changed: no write, no new generation
             return self._write(DRIVES, dict(cur, status=new_status), status=True)
@@ -650,8 +366,8 @@ class KubeStore:
             if cur is None or not cur.get("status"):
                 raise NotFound(f"drive {drive_id} not found", "list drives to see the known ids")
             before[0] = cur["status"].get("status")
-            if expected_generation is not None and (attempt > 0 or _rv(cur) != expected_generation):
-                raise Conflict(f"drive {drive_id} changed (generation {_rv(cur)}, expected "
+            if expected_generation is not None and (attempt > 0 or rv_of(cur) != expected_generation):
+                raise Conflict(f"drive {drive_id} changed (generation {rv_of(cur)}, expected "
                                f"{expected_generation})", "re-read the drive and retry")
             if spec_changes or not status_changes:
                 meta = dict(cur["metadata"])
@@ -690,7 +406,7 @@ class KubeStore:
         name = cur["metadata"]["name"]
         with contextlib.suppress(NotFound):  # gone already
             self._api.delete(plural, name, cur["metadata"]["resourceVersion"])
-        (self._drives if plural == DRIVES else self._volumes).forget(name, _rv(cur))
+        (self._drives if plural == DRIVES else self._volumes).forget(name, rv_of(cur))
         return cur
 
     # ------------------------------------------------------------------ volumes
@@ -735,11 +451,11 @@ class KubeStore:
             if d.free < volume.size:
                 raise Conflict(f"drive {d.drive_id} has {d.free} bytes free, needs {volume.size}",
                                "pick another drive")
-            pid = _smallest_unused(_used_pids(st))
+            pid = smallest_unused(used_project_ids(st))
             uid = uuid.uuid4().hex
             ledger[volume.name] = {"size": volume.size, "projectID": pid, "reservedAt": time.time(),
                                    "parameters": params, "uid": uid}
-            out = self._write(DRIVES, dict(cur, status=_drive_status(d, ledger, st.get("tombstones"))), status=True)
+            out = self._write(DRIVES, dict(cur, status=drive_status_body(d, ledger, st.get("tombstones"))), status=True)
             return out, pid, uid, True
 
         drive_obj, pid, uid, added = self._retry(f"reserving volume {volume.name}", reserve)
@@ -747,7 +463,7 @@ class KubeStore:
         body: Obj = {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVVolume",
             "metadata": {"name": object_name(volume.name), "finalizers": [FINALIZER],
-                         "labels": _labels({LABEL_NODE: node, LABEL_DRIVE: volume.drive_id})},
+                         "labels": label_values({LABEL_NODE: node, LABEL_DRIVE: volume.drive_id})},
             "spec": {"name": volume.name, "driveID": volume.drive_id, "node": node, "size": volume.size,
                      "projectID": pid, "parameters": params, "labels": dict(volume.labels),
                      "createdAt": volume.created_at or time.time(), **({"uid": uid} if uid else {})},
@@ -811,8 +527,8 @@ class KubeStore:
             cur = self._volume_obj(name, attempt)
             if cur is None:
                 raise NotFound(f"volume {name} not found", "create it first")
-            if expected_generation is not None and (attempt > 0 or _rv(cur) != expected_generation):
-                raise Conflict(f"volume {name} changed (generation {_rv(cur)}, expected {expected_generation})",
+            if expected_generation is not None and (attempt > 0 or rv_of(cur) != expected_generation):
+                raise Conflict(f"volume {name} changed (generation {rv_of(cur)}, expected {expected_generation})",
                                "re-read the volume and retry")
             if "labels" in changes or not status_changes:
                 spec = dict(cur["spec"])
@@ -855,7 +571,7 @@ class KubeStore:
                     "ask for less, or free space on that drive (volumes cannot move between drives)",
                 )
             ledger[name] = dict(rec, size=new_size)
-            self._write(DRIVES, dict(cur, status=_drive_status(d, ledger, cur["status"].get("tombstones"))),
+            self._write(DRIVES, dict(cur, status=drive_status_body(d, ledger, cur["status"].get("tombstones"))),
                         status=True)
 
         self._retry(f"expanding volume {name}", grow_ledger)
@@ -896,9 +612,9 @@ class KubeStore:
             del ledger[name]
             if tombstone is not None:
                 uid = tombstone or str(rec.get("uid", ""))
-                tombs[_tomb_key(name, uid)] = {"name": name, "uid": uid, "projectID": int(rec["projectID"]),
+                tombs[tomb_key(name, uid)] = {"name": name, "uid": uid, "projectID": int(rec["projectID"]),
                                                 "size": int(rec["size"]), "deletedAt": time.time()}
-            self._write(DRIVES, dict(cur, status=_drive_status(drive_of(cur), ledger, tombs)), status=True)
+            self._write(DRIVES, dict(cur, status=drive_status_body(drive_of(cur), ledger, tombs)), status=True)
             return True
 
         result: bool = self._retry(f"releasing volume {name} on drive {drive_id}", op)
@@ -946,7 +662,7 @@ class KubeStore:
                 raise FailedPrecondition(f"volume {tombstone.name} is recorded on drive {tombstone.drive_id}",
                                          "delete it with DeleteVolume (delete its PVC), not as an orphan")
             tombs: Obj = dict(st.get("tombstones") or {})
-            key = _tomb_key(tombstone.name, tombstone.uid)
+            key = tomb_key(tombstone.name, tombstone.uid)
             new = Tombstone(drive_id=tombstone.drive_id, node=(cur.get("spec") or {}).get("node", ""),
                             name=tombstone.name, uid=tombstone.uid, project_id=tombstone.project_id,
                             size=tombstone.size, deleted_at=tombstone.deleted_at or time.time())
@@ -966,7 +682,7 @@ class KubeStore:
             if cur is None or not cur.get("status"):
                 return False
             tombs: Obj = dict(cur["status"].get("tombstones") or {})
-            if tombs.pop(_tomb_key(name, uid), None) is None:
+            if tombs.pop(tomb_key(name, uid), None) is None:
                 return False
             st = dict(cur["status"])
             if tombs:
@@ -1002,12 +718,12 @@ class KubeStore:
                     return cur  # an earlier attempt got this far
                 raise AlreadyExists(f"volume {volume.name} is reserved on drive {volume.drive_id} with another uid",
                                     "both are kept; rename or remove one of them by hand")
-            if volume.project_id in _used_pids(st):
+            if volume.project_id in used_project_ids(st):
                 raise Conflict(f"volume {volume.name}: project id {volume.project_id} is taken on drive "
                                f"{volume.drive_id}", "both are kept; look at the drive's volumes")
             ledger[volume.name] = {"size": volume.size, "projectID": volume.project_id, "reservedAt": time.time(),
                                    "parameters": params, "uid": volume.uid}
-            return self._write(DRIVES, dict(cur, status=_drive_status(drive_of(cur), ledger, st.get("tombstones"))),
+            return self._write(DRIVES, dict(cur, status=drive_status_body(drive_of(cur), ledger, st.get("tombstones"))),
                                status=True)
 
         drive_obj = self._retry(f"restoring volume {volume.name}", ledger_op)
@@ -1015,7 +731,7 @@ class KubeStore:
         body: Obj = {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVVolume",
             "metadata": {"name": object_name(volume.name), "finalizers": [FINALIZER],
-                         "labels": _labels({LABEL_NODE: node, LABEL_DRIVE: volume.drive_id})},
+                         "labels": label_values({LABEL_NODE: node, LABEL_DRIVE: volume.drive_id})},
             "spec": {"name": volume.name, "driveID": volume.drive_id, "node": node, "size": volume.size,
                      "projectID": volume.project_id, "parameters": params, "labels": dict(volume.labels),
                      "createdAt": volume.created_at or time.time(), "uid": volume.uid},

@@ -1,4 +1,4 @@
-"""What a node does with one device of a DirectPVInitRequest (store/kube_nodes.py hands it over).
+"""What a node does with one device of a DirectPVInitRequest (kube/nodes.py hands it over).
 
 The same format code as the Ansible ``directpv.csi.drive`` module (device/format.py: plan, then
 execute), with the safety the request's schema promises:

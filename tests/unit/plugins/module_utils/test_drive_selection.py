@@ -245,3 +245,15 @@ def test_table_has_directpv_columns() -> None:
     assert " OURS " in by_name["nvme3n1"]
     assert " FORCE " in by_name["nvme2n1"]
     assert "root/boot" in by_name["vda"]
+
+
+def test_a_named_directpv_drive_is_an_error_saying_what_it_is() -> None:
+    held = Contents(used_bytes=5 * 2**20, volume_dirs=3)
+    theirs = dev("nvme4n1", minor=5, fs_type="xfs", fs_label="DIRECTPV", drive_kind="minio-directpv", contents=held)
+    devices = [*host(), theirs]
+    for force in (False, True):
+        s = run(devices, requests=sel.parse_requests([{"device": "nvme4n1", "force": force}]), force=force)
+        assert s.selected == () and len(s.problems) == 1
+        text = str(s.problems[0])
+        assert "MinIO DirectPV drive" in text and "3 volume directories" in text and "migration" in text
+        assert "force" not in text.split("cannot be used")[1].replace("not formatted", "")
