@@ -261,7 +261,7 @@ def _refuse(dev: Device, reasons: Sequence[Reason], forceable_only: bool) -> Dev
 def _context(dev: Device) -> List[Device]:
     """Every device of the host (for root-disk and holder relations), with ``dev`` as just probed."""
     try:
-        others = probe(run_blkid=False)
+        others = probe(run_blkid=False, identify=False)  # relations only: no need to look into other drives
     except Exception:  # the target was probed fully; context only sharpens the root-disk check
         others = []
     return [dev] + [d for d in others if d.name != dev.name]
