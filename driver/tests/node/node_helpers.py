@@ -8,7 +8,6 @@ the same kernel at the same time, and a registry must never touch those.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from directpv_csi.core.models import Device
 from directpv_csi.node.config import NodeConfig
 from directpv_csi.node.registry import DriveRegistry
 from directpv_csi.store.embedded import EmbeddedStore
+
+from testsupport import backing_file
 
 
 @dataclass
@@ -86,9 +87,11 @@ def make_drive_fixture(loopdev: Callable[..., str], tmp_path: Path) -> Iterator[
 
     make.reattached = extra  # type: ignore[attr-defined]
     yield make
-    # Devices re-attached by tests under new names (the loopdev fixture detaches its own).
+    # Devices re-attached by tests under new names (the loopdev fixture detaches its own): only while
+    # each is still attached to a file under this test's tmp_path (the number may be another's by now).
+    prefix = str(tmp_path).rstrip("/") + "/"
     for dev in extra:
-        if os.path.exists(dev):
+        if backing_file(dev).startswith(prefix):
             subprocess.run(["losetup", "--detach", dev], capture_output=True)
 
 
