@@ -338,3 +338,39 @@ def test_names_with_a_trailing_newline_are_not_object_names(store: KubeStore) ->
     labels = cast(Dict[str, Any], client.CustomObjectsApi(store.api_client).get_cluster_custom_object(
         GROUP, VERSION, DRIVES, "d1"))["metadata"]["labels"]
     assert "directpv.dev/drive-name" not in labels  # not a label value: left out, not refused
+
+
+def test_a_node_store_receives_only_its_own_nodes_changes(cluster: KubeStoreCluster) -> None:
+    """A node plugin's store (``node=``) lists and watches its node's drives and volumes only: another
+    node's changes are never sent to it (counted on its watch streams), and it caches none of them."""
+    admin = KubeStore(cluster.new_client(), events=False)
+    node = KubeStore(cluster.new_client(), events=False, node="n1")
+    try:
+        for drive_id, host in (("d1", "n1"), ("d2", "n2")):
+            admin.put_drive(Drive(drive_id=drive_id, node=host, name="sdb", total=10 * GiB))
+            admin.reserve_volume(Volume(name=f"v-{host}", drive_id=drive_id, node="", size=GiB, project_id=0))
+        assert eventually(lambda: node.get_volume("v-n1") is not None)
+        assert [d.drive_id for d in node.list_drives()] == ["d1"]
+        assert [v.name for v in node.list_volumes()] == ["v-n1"]
+        assert node.nodes() == ["n1"]
+        received = node._drives.received + node._volumes.received
+        admin_received = admin._drives.received + admin._volumes.received
+        for i in range(3):  # another node's drive and volume change, and its volume goes
+            admin.update_drive("d2", labels={"round": str(i)})
+            admin.update_volume("v-n2", labels={"round": str(i)})
+        admin.delete_volume("v-n2")
+        # then one change to each of n1's objects: once both arrived, anything sent before them has too
+        admin.update_drive("d1", labels={"round": "x"})
+        admin.update_volume("v-n1", labels={"round": "x"})
+        assert eventually(lambda: node.get_drive("d1").labels == {"round": "x"}  # type: ignore[union-attr]
+                          and node.get_volume("v-n1").labels == {"round": "x"})  # type: ignore[union-attr]
+        assert node._drives.received + node._volumes.received - received == 2
+        assert eventually(lambda: admin._drives.received + admin._volumes.received - admin_received >= 10)
+        # another node's drive is still found (the registry asks about clones and moved disks): one
+        # GET, not cached, since no watch would keep it fresh
+        other = node.get_drive("d2")
+        assert other is not None and other.node == "n2" and node._drives.get("d2") is None
+        assert node.read_volume("v-n2") is None and node.get_volume("v-n1") is not None
+    finally:
+        node.close()
+        admin.close()

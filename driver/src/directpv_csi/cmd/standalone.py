@@ -103,7 +103,9 @@ def build(args: argparse.Namespace) -> Any:
             # events name who reported them: the node, or the controller's pod (downward API POD_NAME)
             instance = (args.node_id or socket.gethostname()) if args.role != "controller" else \
                 os.environ.get("POD_NAME") or socket.gethostname()
-            store: Any = KubeStore.from_kubeconfig(args.kubeconfig or None, reporting_instance=instance)
+            # a node plugin lists and watches only its own node's drives and volumes
+            store: Any = KubeStore.from_kubeconfig(args.kubeconfig or None, reporting_instance=instance,
+                                                   node=instance if args.role == "node" else None)
         except Exception as exc:  # config and connection errors of the client library
             where = args.kubeconfig or "the in-cluster service account"
             raise FailedPrecondition(f"cannot use the Kubernetes API through {where}: {exc}",

@@ -17,12 +17,18 @@ from .objects import GROUP, VERSION, Obj, resource_name, rv_of
 class Informer:
     """Objects of one kind: LIST, then WATCH from its resourceVersion; re-LIST on 410 Gone.
 
-    ``index`` maps an index name to a function giving an object's key in it."""
+    ``index`` maps an index name to a function giving an object's key in it. ``selector`` (a label
+    selector, e.g. ``directpv.dev/node=n1``) limits the list, the watch and the cache to the objects
+    it selects; ``in_scope`` says whether an object is one of them (objects a write or a GET
+    returns outside the scope are not cached: no watch would keep them fresh)."""
 
-    def __init__(self, api: Any, plural: str, index: Dict[str, Callable[[Obj], str]]) -> None:
+    def __init__(self, api: Any, plural: str, index: Dict[str, Callable[[Obj], str]], selector: str = "",
+                 in_scope: Optional[Callable[[Obj], bool]] = None) -> None:
         self._api = api
         self._plural = plural
         self._index_fns = index
+        self.selector = selector
+        self._in_scope = in_scope
         self._lock = threading.Lock()
         self.items: Dict[str, Obj] = {}
         self.index: Dict[str, Dict[str, Set[str]]] = {k: {} for k in index}
@@ -32,6 +38,7 @@ class Informer:
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name=f"informer-{plural}", daemon=True)
         self.relists = 0
+        self.received = 0  # ADDED/MODIFIED/DELETED events the watch delivered (bookmarks not counted)
 
     # -- cache mutation (caller holds no lock) --
     def _unindex(self, name: str) -> None:
@@ -58,6 +65,9 @@ class Informer:
     def apply(self, obj: Obj) -> None:
         """An object as the API server returned or announced it: kept unless the cache holds newer."""
         name = obj["metadata"]["name"]
+        if self._in_scope is not None and not self._in_scope(obj):
+            self.forget(name, rv_of(obj))  # it left the scope (or never was in it)
+            return
         with self._lock:
             cur = self.items.get(name)
             if cur is not None and rv_of(cur) >= rv_of(obj):
@@ -108,7 +118,7 @@ class Informer:
         self._stop.set()
 
     def _list(self) -> str:
-        lst = self._api.list_cluster_custom_object(GROUP, VERSION, self._plural)
+        lst = self._api.list_cluster_custom_object(GROUP, VERSION, self._plural, label_selector=self.selector)
         rv: str = lst["metadata"]["resourceVersion"]
         fresh = {o["metadata"]["name"]: o for o in lst.get("items", [])}
         with self._lock:
@@ -130,7 +140,8 @@ class Informer:
         w = k8s_watch.Watch()  # type: ignore[no-untyped-call]
         stream = w.stream(  # type: ignore[no-untyped-call]
             self._api.list_cluster_custom_object, GROUP, VERSION, self._plural,
-            resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=timeout_s)
+            resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=timeout_s,
+            label_selector=self.selector)
         try:
             for ev in stream:
                 if self._stop.is_set():
@@ -141,6 +152,8 @@ class Informer:
                         return None
                     raise ApiException(status=int(obj.get("code", 0)), reason=str(obj.get("message", "")))
                 rv = obj["metadata"]["resourceVersion"]
+                if kind != "BOOKMARK":
+                    self.received += 1
                 if kind in ("ADDED", "MODIFIED"):
                     self.apply(obj)
                 elif kind == "DELETED":

@@ -52,6 +52,7 @@ reasons); they never slow down or fail the operation. ``KubeStore(..., events=Fa
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import socket
 import time
@@ -118,6 +119,8 @@ from .objects import (
     volume_of,
 )
 
+log = logging.getLogger("directpv_csi.kube.store")
+
 __all__ = ["DRIVES", "FINALIZER", "GROUP", "VERSION", "VOLUMES", "KubeStore", "apply_crds", "load_crds",
            "object_name"]
 
@@ -179,10 +182,18 @@ class KubeStore:
     ``reporting_instance`` names this process in its Events (the node name for a node plugin, the
     pod name for a controller; default: the host name, which is the pod name in a pod);
     ``events=False`` sends none (benchmarks); ``events_namespace`` is where they go (see
-    kube/events.py for why ``default``)."""
+    kube/events.py for why ``default``).
+
+    ``node`` (a node plugin's store): list, watch and cache only the drives and volumes of that
+    node (label selector ``directpv.dev/node=<node>``), so another node's changes never reach this
+    process; a drive of another node is still found by :meth:`get_drive` (one GET on a miss, not
+    cached), and :meth:`read_volume` reads any volume. A node name that is no valid label value
+    (longer than 63 characters...) cannot be selected: that store watches the whole cluster, as the
+    controller's does (None)."""
 
     def __init__(self, api_client: Any, sync_timeout_s: float = 30.0, *, events: bool = True,
-                 reporting_instance: Optional[str] = None, events_namespace: str = ev.DEFAULT_NAMESPACE) -> None:
+                 reporting_instance: Optional[str] = None, events_namespace: str = ev.DEFAULT_NAMESPACE,
+                 node: Optional[str] = None) -> None:
         self._client = api_client
         self._event_sink = _EventSink(api_client)
         self.events = ev.EventRecorder(self._event_sink, reporting_instance or socket.gethostname(),
@@ -191,12 +202,25 @@ class KubeStore:
         # watches get their own connection pool: close() drops it, which ends the blocking reads
         self._watch_client = k8s.ApiClient(api_client.configuration)
         watch_api = k8s.CustomObjectsApi(self._watch_client)
-        self._drives = Informer(watch_api, DRIVES, {"node": lambda o: (o.get("spec") or {}).get("node", "")})
+        self.node_scope = node if node is not None and label_value(node) else None
+        if node is not None and self.node_scope is None:
+            log.warning("node %r is not a label value: watching the drives and volumes of every node", node)
+        selector = f"{LABEL_NODE}={self.node_scope}" if self.node_scope else ""
+        in_scope = self._in_scope if self.node_scope else None
+        self._drives = Informer(watch_api, DRIVES, {"node": lambda o: (o.get("spec") or {}).get("node", "")},
+                                selector, in_scope)
         self._volumes = Informer(watch_api, VOLUMES, {
-            "node": lambda o: o["spec"]["node"], "drive": lambda o: o["spec"]["driveID"]})
+            "node": lambda o: o["spec"]["node"], "drive": lambda o: o["spec"]["driveID"]}, selector, in_scope)
         self._closed = False
-        self._drives.start(sync_timeout_s)
-        self._volumes.start(sync_timeout_s)
+        try:
+            self._drives.start(sync_timeout_s)
+            self._volumes.start(sync_timeout_s)
+        except BaseException:
+            self.close()  # no thread or connection outlives a store that failed to start
+            raise
+
+    def _in_scope(self, obj: Obj) -> bool:
+        return (obj["metadata"].get("labels") or {}).get(LABEL_NODE) == self.node_scope
 
     @classmethod
     def from_kubeconfig(cls, path: Optional[str] = None, **kwargs: Any) -> KubeStore:
@@ -318,8 +342,9 @@ class KubeStore:
                 }
                 cur = self._create(DRIVES, body)  # 409 if someone registered it meanwhile: retried as update
             spec = cur.get("spec") or {}
-            if spec.get("node") != drive.node or (cur["metadata"].get("labels") or {}).get(LABEL_DRIVE_NAME) != \
-                    label_value(drive.name):
+            have = cur["metadata"].get("labels") or {}
+            if spec.get("node") != drive.node or have.get(LABEL_DRIVE_NAME) != label_value(drive.name) or \
+                    have.get(LABEL_NODE) != label_value(drive.node):
                 cur = dict(cur, spec=dict(spec, node=drive.node), metadata=dict(
                     cur["metadata"], labels=dict(cur["metadata"].get("labels") or {},
                                                  **drive_meta_labels(drive.node, drive.name,
@@ -339,6 +364,8 @@ class KubeStore:
 
     def get_drive(self, drive_id: str) -> Optional[Drive]:
         obj = self._drives.get(drive_id)
+        if obj is None and self.node_scope:  # another node's drive (a clone, a moved disk): ask
+            obj = self._get(DRIVES, drive_id)
         return None if obj is None or not obj.get("status") else drive_of(obj)
 
     def list_drives(self, node: Optional[str] = None) -> Sequence[Drive]:
