@@ -12,10 +12,10 @@ from csi_helpers import (
     Standalone,
     short_dir_fixture,  # noqa: F401 - fixtures
 )
+from directpv_csi.concurrency.inflight import InFlight
 from directpv_csi.core import errors as e
 from directpv_csi.csi.errors import code_of, translate
 from directpv_csi.csi.identity import IdentityServicer
-from directpv_csi.csi.inflight import InFlight
 from directpv_csi.csi.server import create_server, socket_path
 
 

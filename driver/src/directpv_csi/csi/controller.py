@@ -17,6 +17,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 import grpc
 
+from ..concurrency.inflight import InFlight
 from ..core.errors import (
     Aborted,
     AlreadyExists,
@@ -49,7 +50,6 @@ from ..core.validation import (
 )
 from ..store.base import Store
 from .errors import rpc
-from .inflight import InFlight
 from .proto import csi_pb2, csi_pb2_grpc
 
 CONTEXT_DRIVE_ID = PREFIX + "drive-id"

@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 
 import grpc
 
+from ..concurrency.inflight import InFlight
 from ..core.errors import (
     AlreadyExists,
     DirectPVError,
@@ -52,7 +53,6 @@ from ..node.registry import DriveRegistry, MountedDrive
 from ..store.base import Store
 from .controller import mode_name
 from .errors import rpc
-from .inflight import InFlight
 from .proto import csi_pb2, csi_pb2_grpc
 
 log = logging.getLogger("directpv_csi.node")

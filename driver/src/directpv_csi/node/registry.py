@@ -34,9 +34,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
+from ..concurrency.inflight import InFlight
 from ..core.errors import DirectPVError
 from ..core.models import DRIVE_ERROR, DRIVE_LOST, DRIVE_READY, DRIVE_REMOVED, Device, Drive, Tombstone, Volume
-from ..csi.inflight import InFlight
 from ..device import mount as _mount
 from ..store.base import Store
 from . import orphans as _orphans
