@@ -22,6 +22,7 @@ step "licence headers (plugins/)" headers
 step "changelog fragments (antsibull-changelog lint)" antsibull-changelog lint
 step "ruff" ruff check .
 step "mypy --strict (driver, tests/kube)" mypy
+step "import-linter contracts (.importlinter: layers, only kube/ imports kubernetes)" lint-imports --no-cache
 step "ansible-lint (production profile)" bash scripts/ansible-lint.sh
 step "sanity ignore file lists today's driver files" python3 scripts/sanity-ignores.py --check
 step "collection built, installed offline into an empty path, ansible-test sanity on it" bash scripts/ansible-sanity.sh

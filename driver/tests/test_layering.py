@@ -5,11 +5,16 @@
 - core/ and device/ ship inside the Ansible collection (file symlinks): stdlib at
   import time, relative imports only, no store/csi/cmd.
 - Only kube/ may import the Kubernetes client.
+
+The layers themselves (cmd > observe > csi > node | kube > store | concurrency > device > core)
+are import-linter contracts in .importlinter, run by `make lint` and by the last test here.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator, Tuple
 
@@ -100,3 +105,15 @@ def test_no_subprocess_forks_instead_of_vforking() -> None:
             if isinstance(node, ast.Attribute) and node.attr == "fork" and getattr(node.value, "id", "") == "os":
                 found.append(f"{path.relative_to(PKG)}:{node.lineno} os.fork")
     assert found == []
+
+
+def test_import_linter_contracts_hold() -> None:
+    """The contracts of .importlinter (layers, kube/ the only Kubernetes client user, pure core)."""
+    exe = Path(sys.executable).parent / "lint-imports"
+    if not exe.exists():
+        pytest.skip("lint-imports is not installed (make setup installs import-linter)")
+    repo = PKG.parents[2]
+    run = subprocess.run([str(exe), "--config", str(repo / ".importlinter"), "--no-cache"], cwd=repo,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "3 kept, 0 broken" in run.stdout
