@@ -90,6 +90,7 @@ class KubeletRegistration:
         self.registered = False
         self.last_error = ""
         self.notifications = 0
+        self.opened = 0  # sockets opened so far (a refused registration opens a new one)
         self._server: Optional[grpc.Server] = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -123,7 +124,12 @@ class KubeletRegistration:
         while self.csi_socket and not self._stop.is_set() and not socket_answers(self.csi_socket):
             self._stop.wait(0.1)
         while not self._stop.is_set():
-            self._open()
+            try:
+                self._open()
+            except DirectPVError as exc:  # e.g. a node-driver-registrar still serves the same socket
+                log.error("kubelet registration: %s (retrying in %.0f s)", exc, self.retry_interval)
+                self._stop.wait(self.retry_interval)
+                continue
             self._retry.wait()
             self._retry.clear()
             if self._stop.is_set():
@@ -141,6 +147,7 @@ class KubeletRegistration:
             server.add_insecure_port("unix://" + self.path)
             server.start()
             self._server = server
+            self.opened += 1
         log.info("kubelet registration: serving on %s (CSI endpoint %s)", self.path, self.kubelet_endpoint)
 
     def _close(self) -> None:
