@@ -1,17 +1,15 @@
 """The watch-backed cache of one kind (informer-style): LIST, then WATCH from its resourceVersion,
-re-LIST on 410 Gone; indexed; the kube store's reads never call the API."""
+re-LIST on 410 Gone (the loop is kube/watch.py); indexed; the kube store's reads never call the API."""
 
 from __future__ import annotations
 
 import threading
 from typing import Any, Callable, Dict, List, Optional, Set
 
-from kubernetes import watch as k8s_watch
-from kubernetes.client.exceptions import ApiException
-
 from ..core.errors import FailedPrecondition, PermissionDenied
 from .errors import TRANSPORT_ERRORS, api_error
-from .objects import GROUP, VERSION, Obj, resource_name, rv_of
+from .objects import GROUP, Obj, resource_name, rv_of
+from .watch import Gone, ListWatch
 
 
 class Informer:
@@ -34,11 +32,8 @@ class Informer:
         self.index: Dict[str, Dict[str, Set[str]]] = {k: {} for k in index}
         self._tombstones: Dict[str, int] = {}  # deleted locally: ignore older events for them
         self._synced = threading.Event()
-        self._stop = threading.Event()
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, name=f"informer-{plural}", daemon=True)
-        self.relists = 0
-        self.received = 0  # ADDED/MODIFIED/DELETED events the watch delivered (bookmarks not counted)
+        self._lw = ListWatch(api, plural, self._on_list, self._on_event, label_selector=selector,
+                             name=f"informer-{plural}")
 
     # -- cache mutation (caller holds no lock) --
     def _unindex(self, name: str) -> None:
@@ -102,25 +97,36 @@ class Informer:
         with self._lock:
             return sorted(k for k, v in self.index[key].items() if v)
 
-    # -- the loop --
+    # -- the loop (kube/watch.py) --
+    @property
+    def relists(self) -> int:
+        return self._lw.relists
+
+    @property
+    def received(self) -> int:
+        """ADDED/MODIFIED/DELETED events the watch delivered (bookmarks not counted)."""
+        return self._lw.received
+
     def start(self, timeout_s: float) -> None:
-        self._thread.start()
+        self._lw.start()
         if not self._synced.wait(timeout_s):
-            self._stop.set()
-            if self._error is not None and isinstance(self._error, TRANSPORT_ERRORS):
-                refused = api_error(self._error, "list", resource_name(self._plural))
+            self._lw.stop()
+            error = self._lw.error
+            if error is not None and isinstance(error, TRANSPORT_ERRORS):
+                refused = api_error(error, "list", resource_name(self._plural))
                 if isinstance(refused, PermissionDenied):
-                    raise refused from self._error
-            raise FailedPrecondition(f"could not list {self._plural}.{GROUP} within {timeout_s:.0f} s ({self._error})",
+                    raise refused from error
+            raise FailedPrecondition(f"could not list {self._plural}.{GROUP} within {timeout_s:.0f} s ({error})",
                            "check that the API server answers and the CRDs are installed (deploy/crds)")
 
     def stop(self) -> None:
-        self._stop.set()
+        self._lw.stop()
 
     def _list(self) -> str:
-        lst = self._api.list_cluster_custom_object(GROUP, VERSION, self._plural, label_selector=self.selector)
-        rv: str = lst["metadata"]["resourceVersion"]
-        fresh = {o["metadata"]["name"]: o for o in lst.get("items", [])}
+        return self._lw.list()
+
+    def _on_list(self, items: List[Obj], rv: str) -> None:
+        fresh = {o["metadata"]["name"]: o for o in items}
         with self._lock:
             for name in list(self.items):
                 if name not in fresh and rv_of(self.items[name]) <= int(rv):
@@ -130,49 +136,18 @@ class Informer:
                 if cur is None or rv_of(cur) < rv_of(obj):
                     self._put(obj)
             self._tombstones = {k: v for k, v in self._tombstones.items() if v > int(rv)}
-        self.relists += 1
         self._synced.set()
-        return rv
+
+    def _on_event(self, kind: str, obj: Obj) -> None:
+        if kind in ("ADDED", "MODIFIED"):
+            self.apply(obj)
+        elif kind == "DELETED":
+            self.forget(obj["metadata"]["name"], rv_of(obj))
 
     def watch_from(self, rv: str, timeout_s: int = 30) -> Optional[str]:
         """Apply events from ``rv`` until the server ends the watch: the last resourceVersion seen,
         or None when ``rv`` expired (410 Gone: the caller lists again)."""
-        w = k8s_watch.Watch()  # type: ignore[no-untyped-call]
-        stream = w.stream(  # type: ignore[no-untyped-call]
-            self._api.list_cluster_custom_object, GROUP, VERSION, self._plural,
-            resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=timeout_s,
-            label_selector=self.selector)
         try:
-            for ev in stream:
-                if self._stop.is_set():
-                    break
-                kind, obj = ev["type"], ev["object"]
-                if kind == "ERROR":
-                    if int(obj.get("code", 0)) == 410:
-                        return None
-                    raise ApiException(status=int(obj.get("code", 0)), reason=str(obj.get("message", "")))
-                rv = obj["metadata"]["resourceVersion"]
-                if kind != "BOOKMARK":
-                    self.received += 1
-                if kind in ("ADDED", "MODIFIED"):
-                    self.apply(obj)
-                elif kind == "DELETED":
-                    self.forget(obj["metadata"]["name"], rv_of(obj))
-        except ApiException as e:
-            if int(getattr(e, "status", 0) or 0) == 410:
-                return None
-            raise
-        finally:
-            w.stop()  # type: ignore[no-untyped-call]
-        return rv
-
-    def _run(self) -> None:
-        rv: Optional[str] = None
-        while not self._stop.is_set():
-            try:
-                if rv is None:
-                    rv = self._list()
-                rv = self.watch_from(rv)
-            except Exception as e:  # connection closed on stop, server restarting...
-                self._error = e
-                self._stop.wait(0.5)
+            return self._lw.watch(rv, timeout_s)
+        except Gone:
+            return None

@@ -27,7 +27,6 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from kubernetes import client as k8s
-from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
 from ..core.identity import hardware_id, state_token
@@ -36,6 +35,7 @@ from ..core.models import Device
 from ..core.selection import device_row
 from . import events as ev
 from .objects import GROUP, VERSION
+from .watch import ListWatch
 
 NODES = "directpvnodes"
 WATCH_TIMEOUT_S = 300
@@ -86,7 +86,7 @@ class NodeReporter:
         self._refresh_pending = False
         self._answered_generation = 0  # metadata.generation of the last refresh request answered
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._watch: Optional[ListWatch] = None
         self.writes = 0  # status writes made (tests)
 
     # -- the report --
@@ -175,52 +175,45 @@ class NodeReporter:
 
     # -- refresh requests --
     def start(self) -> None:
-        """Watch this node's object for ``spec.refresh`` in a thread."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._watch_loop, name="node-report-watch", daemon=True)
-            self._thread.start()
+        """Watch this node's object for ``spec.refresh`` in a thread (kube/watch.py: the one loop)."""
+        if self._watch is None:
+            self._watch = ListWatch(self._api, NODES, self._on_list, self._on_event,
+                                    field_selector=f"metadata.name={self.node}", watch_timeout_s=WATCH_TIMEOUT_S,
+                                    request_timeout_s=REQUEST_TIMEOUT_S, min_backoff_s=2.0, max_backoff_s=10.0,
+                                    name="node-report-watch")
+            self._watch.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
 
-    def _watch_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._watch_once()
-            except Exception as exc:  # API restarting, connection reset...: watch again shortly
-                log.debug("watch of DirectPVNode %s ended: %s", self.node, exc)
-                self._stop.wait(2.0)
+    def _on_list(self, items: List[Obj], rv: str) -> None:
+        for obj in items:
+            self._on_event("ADDED", obj)
 
-    def _watch_once(self) -> None:
-        w = k8s_watch.Watch()  # type: ignore[no-untyped-call]
-        try:
-            for ev in w.stream(  # type: ignore[no-untyped-call]
-                    self._api.list_cluster_custom_object, GROUP, VERSION, NODES,
-                    field_selector=f"metadata.name={self.node}", timeout_seconds=WATCH_TIMEOUT_S):
-                if self._stop.is_set():
-                    return
-                obj = ev.get("object") or {}
-                if ev.get("type") == "DELETED":  # someone deleted the report: write it again at once
-                    with self._lock:
-                        self._last = None
-                        self._refresh_pending = True
-                        self._answered_generation = 0
-                    log.info("DirectPVNode %s was deleted; writing it again", self.node)
-                    if self.on_refresh is not None:
-                        self.on_refresh()
-                    continue
-                if ev.get("type") not in ("ADDED", "MODIFIED") or not (obj.get("spec") or {}).get("refresh"):
-                    continue
-                generation = int((obj.get("metadata") or {}).get("generation") or 0)
-                with self._lock:  # report() holds it while writing: it sees the answered generation
-                    if generation == self._answered_generation:
-                        continue  # our own status write, before we cleared the request
-                    self._refresh_pending = True
-                    log.info("DirectPVNode %s: refresh requested; probing again", self.node)
-                    if self.on_refresh is not None:
-                        self.on_refresh()
-        finally:
-            w.stop()  # type: ignore[no-untyped-call]
+    def _on_event(self, kind: str, obj: Obj) -> None:
+        if self._stop.is_set():
+            return
+        if kind == "DELETED":  # someone deleted the report: write it again at once
+            with self._lock:
+                self._last = None
+                self._refresh_pending = True
+                self._answered_generation = 0
+            log.info("DirectPVNode %s was deleted; writing it again", self.node)
+            if self.on_refresh is not None:
+                self.on_refresh()
+            return
+        if kind not in ("ADDED", "MODIFIED") or not (obj.get("spec") or {}).get("refresh"):
+            return
+        generation = int((obj.get("metadata") or {}).get("generation") or 0)
+        with self._lock:  # report() holds it while writing: it sees the answered generation
+            if generation == self._answered_generation:
+                return  # our own status write, before we cleared the request
+            self._refresh_pending = True
+            log.info("DirectPVNode %s: refresh requested; probing again", self.node)
+            if self.on_refresh is not None:
+                self.on_refresh()
 
 
 # --- init requests ------------------------------------------------------------------------
@@ -282,50 +275,31 @@ class InitRequestWatcher:
         self.events = events  # DeviceFormatted / DeviceInitPlanned / InitError about the request
         self._api: Any = k8s.CustomObjectsApi(api_client)  # answers are plain dicts
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._watch: Optional[ListWatch] = None
         self.handled = 0  # device results recorded (tests)
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="init-requests", daemon=True)
-            self._thread.start()
+        """Watch the init requests in a thread (kube/watch.py: the one loop)."""
+        if self._watch is None:
+            self._watch = ListWatch(self._api, INIT_REQUESTS, self._on_list, self._on_event,
+                                    watch_timeout_s=WATCH_TIMEOUT_S, request_timeout_s=REQUEST_TIMEOUT_S,
+                                    min_backoff_s=2.0, max_backoff_s=10.0, name="init-requests")
+            self._watch.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
 
-    def _loop(self) -> None:
-        rv: Optional[str] = None
-        while not self._stop.is_set():
-            try:
-                if rv is None:
-                    lst = self._api.list_cluster_custom_object(GROUP, VERSION, INIT_REQUESTS,
-                                                               _request_timeout=REQUEST_TIMEOUT_S)
-                    rv = str(lst["metadata"]["resourceVersion"])
-                    for obj in lst.get("items") or []:
-                        self.process(obj)
-                rv = self._watch(rv)
-            except Exception as exc:  # API restarting, 410 Gone...: list again shortly
-                log.debug("init request watch ended: %s", exc)
-                rv = None
-                self._stop.wait(2.0)
+    def _on_list(self, items: List[Obj], rv: str) -> None:
+        for obj in items:
+            if self._stop.is_set():
+                return
+            self.process(obj)
 
-    def _watch(self, rv: str) -> Optional[str]:
-        w = k8s_watch.Watch()  # type: ignore[no-untyped-call]
-        try:
-            for ev in w.stream(  # type: ignore[no-untyped-call]
-                    self._api.list_cluster_custom_object, GROUP, VERSION, INIT_REQUESTS,
-                    resource_version=rv, timeout_seconds=WATCH_TIMEOUT_S):
-                if self._stop.is_set():
-                    return rv
-                obj = ev.get("object") or {}
-                if ev.get("type") == "ERROR":
-                    return None  # 410 Gone: list again
-                rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
-                if ev.get("type") in ("ADDED", "MODIFIED"):
-                    self.process(obj)
-        finally:
-            w.stop()  # type: ignore[no-untyped-call]
-        return rv
+    def _on_event(self, kind: str, obj: Obj) -> None:
+        if kind in ("ADDED", "MODIFIED") and not self._stop.is_set():
+            self.process(obj)
 
     def process(self, obj: Obj) -> int:
         """Handle this node's devices without a result; returns how many were handled."""
