@@ -9,7 +9,8 @@
 #   DEBIAN_MIRROR debootstrap mirror            (default: the first URI of this host's apt sources)
 #
 # The base is cached in the buildah storage under a tag derived from its package list; a second
-# run reuses it. Outputs: the image in the storage, $IMAGE_CACHE/directpv-csi.oci.tar (an OCI
+# run reuses it, and skips the build when the context (deploy/Containerfile, constraints.txt,
+# driver/) has not changed since the last one. Outputs: the image in the storage, $IMAGE_CACHE/directpv-csi.oci.tar (an OCI
 # archive: `ctr images import`, or the directpv.csi.image role) and $IMAGE_CACHE/build.json
 # (size, digest, build times).
 set -euo pipefail
@@ -74,6 +75,16 @@ else
   echo "build-image: base ready in ${base_seconds} s"
 fi
 
+# The same inputs as the last build (context content, base, tag) and its archive still there: nothing to do.
+inputs=$( { printf '%s %s\n' "$IMAGE" "$BASE_TAG"
+            tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --exclude=__pycache__ \
+                --exclude='*.egg-info' -cf - deploy/Containerfile constraints.txt driver; } | sha256sum | cut -c1-16)
+if [ -s "$ARCHIVE" ] && [ -f "$IMAGE_CACHE/build.json" ] && grep -q "\"inputs\": \"$inputs\"" "$IMAGE_CACHE/build.json" \
+   && "${BUILDAH[@]}" inspect --type image "$IMAGE" >/dev/null 2>&1; then
+  echo "build-image: $IMAGE up to date (inputs $inputs); archive $ARCHIVE"
+  exit 0
+fi
+
 t1=$SECONDS
 echo "build-image: building $IMAGE from deploy/Containerfile"
 # this host's CA bundle (it may trust a TLS-intercepting proxy) for pip, mounted for the build only
@@ -91,7 +102,7 @@ size=$("${BUILDAH[@]}" images --format '{{.Size}}' "$IMAGE" | head -1)
 base_size=$("${BUILDAH[@]}" images --format '{{.Size}}' "$BASE_TAG" | head -1)
 archive_bytes=$(stat -c %s "$ARCHIVE")
 cat >"$IMAGE_CACHE/build.json" <<EOF
-{"image": "$IMAGE", "digest": "$digest", "size": "$size", "base": "$BASE_TAG", "base_size": "$base_size",
+{"image": "$IMAGE", "inputs": "$inputs", "digest": "$digest", "size": "$size", "base": "$BASE_TAG", "base_size": "$base_size",
  "archive": "$ARCHIVE", "archive_bytes": $archive_bytes, "base_seconds": $base_seconds,
  "build_seconds": $build_seconds, "total_seconds": $((SECONDS - t0))}
 EOF

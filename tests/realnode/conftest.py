@@ -38,7 +38,7 @@ def real_node() -> Iterator[RealNode]:
     if busy:
         pytest.skip(f"host not free for a real node: {', '.join(busy)}")
     work = new_work_dir()
-    node, _ = launch(work)
+    node = launch(work)
     problems: List[str] = []
     try:
         yield node

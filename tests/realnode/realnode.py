@@ -25,6 +25,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -33,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -303,6 +304,7 @@ clusterDomain: cluster.local
 podLogsDir: {pod_logs}
 volumePluginDir: {volume_plugins}
 serializeImagePulls: false
+maxPods: 250
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {{memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}}
@@ -619,7 +621,7 @@ class RealNode:
                 now = _run(cmd, "-w", "-t", table, "-S", check=False).splitlines()
                 for rule in now:  # rules first (jumps into our chains), then the chains
                     if rule.startswith("-A ") and rule not in old and any(o in rule for o in OURS):
-                        _run(cmd, "-w", "-t", table, *_split_rule("-D " + rule[3:]), check=False)
+                        _run(cmd, "-w", "-t", table, *shlex.split("-D " + rule[3:]), check=False)
                 chains = [r.split()[1] for r in now if r.startswith("-N ") and r not in old
                           and r.split()[1].startswith(OURS)]
                 for chain in chains:
@@ -672,12 +674,6 @@ def _rmdir_cgroup(path: Path) -> None:
     path.rmdir()
 
 
-def _split_rule(rule: str) -> List[str]:
-    import shlex
-
-    return shlex.split(rule)
-
-
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -697,7 +693,7 @@ def new_work_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="dpvrn.", dir="/tmp"))
 
 
-def launch(work: Path, timeout_s: float = 180) -> Tuple[RealNode, List[str]]:
+def launch(work: Path, timeout_s: float = 180) -> RealNode:
     """Start a node; on failure stop what started and raise with the teardown's problems too."""
     node = RealNode(work)
     try:
@@ -705,5 +701,5 @@ def launch(work: Path, timeout_s: float = 180) -> Tuple[RealNode, List[str]]:
     except BaseException as exc:
         problems = node.stop()
         raise RuntimeError(f"real node did not start: {exc}\nteardown: {problems or 'clean'}") from exc
-    return node, []
+    return node
 
