@@ -374,3 +374,31 @@ def test_a_node_store_receives_only_its_own_nodes_changes(cluster: KubeStoreClus
     finally:
         node.close()
         admin.close()
+
+
+def test_connection_pool_sized_to_the_callers(cluster: KubeStoreCluster) -> None:
+    """The client's default pool is 5 per CPU (10 here), fewer than the 16 gRPC workers: the store
+    built for a server holds as many connections as threads call it, on every pool it uses."""
+    s = KubeStore.from_kubeconfig(str(cluster.control_plane.kubeconfig), pool_size=20, events=False)
+    try:
+        for api in (s.api_client, s._watch_client, s._event_sink.client):
+            assert api.rest_client.pool_manager.connection_pool_kw["maxsize"] == 20
+        s.put_drive(Drive(drive_id="d1", node="n1", name="sdb", total=GiB))
+        errors: List[BaseException] = []
+
+        def reserve(i: int) -> None:
+            try:
+                s.reserve_volume(Volume(name=f"v{i}", drive_id="d1", node="", size=1024, project_id=0))
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=reserve, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and len(s.list_volumes(drive_id="d1")) == 20
+        pools = list(s.api_client.rest_client.pool_manager.pools._container.values())
+        assert pools and all(p.num_connections <= 20 for p in pools)
+    finally:
+        s.close()

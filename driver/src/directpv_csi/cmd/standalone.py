@@ -105,7 +105,8 @@ def build(args: argparse.Namespace) -> Any:
                 os.environ.get("POD_NAME") or socket.gethostname()
             # a node plugin lists and watches only its own node's drives and volumes
             store: Any = KubeStore.from_kubeconfig(args.kubeconfig or None, reporting_instance=instance,
-                                                   node=instance if args.role == "node" else None)
+                                                   node=instance if args.role == "node" else None,
+                                                   pool_size=args.workers + 4)  # + reconcile, probes, agents
         except Exception as exc:  # config and connection errors of the client library
             where = args.kubeconfig or "the in-cluster service account"
             raise FailedPrecondition(f"cannot use the Kubernetes API through {where}: {exc}",

@@ -223,11 +223,17 @@ class KubeStore:
         return (obj["metadata"].get("labels") or {}).get(LABEL_NODE) == self.node_scope
 
     @classmethod
-    def from_kubeconfig(cls, path: Optional[str] = None, **kwargs: Any) -> KubeStore:
-        """A store from a kubeconfig file (None: in-cluster); ``kwargs`` go to the constructor."""
+    def from_kubeconfig(cls, path: Optional[str] = None, pool_size: Optional[int] = None,
+                        **kwargs: Any) -> KubeStore:
+        """A store from a kubeconfig file (None: in-cluster); ``kwargs`` go to the constructor.
+        ``pool_size``: HTTP connections kept per pool (the client's default is 5 per CPU: fewer than
+        the gRPC workers of a small host, so connections were opened and thrown away under load);
+        pass the number of threads that call the store."""
         from kubernetes import config
 
         cfg = k8s.Configuration()
+        if pool_size is not None:
+            cfg.connection_pool_maxsize = max(1, pool_size)
         if path is None:
             config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         else:
