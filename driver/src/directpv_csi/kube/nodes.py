@@ -27,17 +27,19 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 
+from ..core.errors import Conflict, NotFound
 from ..core.identity import hardware_id, state_token
 from ..core.judge import JudgePolicy, judge
 from ..core.models import Device
 from ..core.selection import device_row
 from . import events as ev
+from .errors import ApiConflict, translated
 from .objects import GROUP, VERSION
 from .watch import ListWatch
 
 NODES = "directpvnodes"
+NODES_RESOURCE = f"{NODES}.{GROUP}"
 WATCH_TIMEOUT_S = 300
 REQUEST_TIMEOUT_S = 10.0
 
@@ -136,41 +138,41 @@ class NodeReporter:
             obj = self._get()
             if obj is None:
                 try:
-                    obj = self._api.create_cluster_custom_object(GROUP, VERSION, NODES, {
-                        "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVNode",
-                        "metadata": {"name": self.node, "labels": {"directpv.dev/node": self.node}},
-                        "spec": {"refresh": False}}, _request_timeout=REQUEST_TIMEOUT_S)
-                except ApiException as e:
-                    if e.status == 409:
-                        continue
-                    raise
+                    with translated("create", NODES_RESOURCE, self.node):
+                        obj = self._api.create_cluster_custom_object(GROUP, VERSION, NODES, {
+                            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVNode",
+                            "metadata": {"name": self.node, "labels": {"directpv.dev/node": self.node}},
+                            "spec": {"refresh": False}}, _request_timeout=REQUEST_TIMEOUT_S)
+                except ApiConflict:
+                    continue
             assert obj is not None
             refresh = bool((obj.get("spec") or {}).get("refresh"))
             if refresh:  # before the writes: their watch events must not ask for this refresh again
                 self._answered_generation = int(obj["metadata"].get("generation") or 0)
             try:
-                out = self._api.replace_cluster_custom_object_status(
-                    GROUP, VERSION, NODES, self.node, dict(obj, status=status), _request_timeout=REQUEST_TIMEOUT_S)
-                if refresh:  # answered: clear the request on the version just written
-                    self._api.replace_cluster_custom_object(
-                        GROUP, VERSION, NODES, self.node, dict(out, spec=dict(out.get("spec") or {}, refresh=False)),
+                with translated("update", f"{NODES}/status.{GROUP}", self.node):
+                    out = self._api.replace_cluster_custom_object_status(
+                        GROUP, VERSION, NODES, self.node, dict(obj, status=status),
                         _request_timeout=REQUEST_TIMEOUT_S)
-            except ApiException as e:
-                if e.status == 409:
-                    continue
-                raise
+                if refresh:  # answered: clear the request on the version just written
+                    with translated("update", NODES_RESOURCE, self.node):
+                        self._api.replace_cluster_custom_object(
+                            GROUP, VERSION, NODES, self.node,
+                            dict(out, spec=dict(out.get("spec") or {}, refresh=False)),
+                            _request_timeout=REQUEST_TIMEOUT_S)
+            except ApiConflict:
+                continue
             self._refresh_pending = False
             return
-        raise RuntimeError(f"DirectPVNode {self.node} kept changing during 8 attempts")
+        raise Conflict(f"DirectPVNode {self.node} kept changing during 8 attempts", "the next probe writes it again")
 
     def _get(self) -> Optional[Obj]:
         try:
-            obj: Obj = self._api.get_cluster_custom_object(GROUP, VERSION, NODES, self.node,
-                                                           _request_timeout=REQUEST_TIMEOUT_S)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+            with translated("get", NODES_RESOURCE, self.node):
+                obj: Obj = self._api.get_cluster_custom_object(GROUP, VERSION, NODES, self.node,
+                                                               _request_timeout=REQUEST_TIMEOUT_S)
+        except NotFound:
+            return None
         return obj
 
     # -- refresh requests --
@@ -334,17 +336,19 @@ class InitRequestWatcher:
     def _record(self, name: str, result: Obj) -> None:
         for _ in range(8):
             try:
-                cur = self._api.get_cluster_custom_object(GROUP, VERSION, INIT_REQUESTS, name,
-                                                          _request_timeout=REQUEST_TIMEOUT_S)
-                self._api.replace_cluster_custom_object_status(
-                    GROUP, VERSION, INIT_REQUESTS, name, dict(cur, status=merged_status(cur, [result])),
-                    _request_timeout=REQUEST_TIMEOUT_S)
+                with translated("get", f"{INIT_REQUESTS}.{GROUP}", name):
+                    cur = self._api.get_cluster_custom_object(GROUP, VERSION, INIT_REQUESTS, name,
+                                                              _request_timeout=REQUEST_TIMEOUT_S)
+                with translated("update", f"{INIT_REQUESTS}/status.{GROUP}", name):
+                    self._api.replace_cluster_custom_object_status(
+                        GROUP, VERSION, INIT_REQUESTS, name, dict(cur, status=merged_status(cur, [result])),
+                        _request_timeout=REQUEST_TIMEOUT_S)
                 return
-            except ApiException as e:
-                if e.status == 404:
-                    log.warning("init request %s was deleted before device %s's result was recorded: %s",
-                                name, result["name"], result["message"])
-                    return
-                if e.status != 409:
-                    raise
-        raise RuntimeError(f"DirectPVInitRequest {name} kept changing during 8 attempts")
+            except NotFound:
+                log.warning("init request %s was deleted before device %s's result was recorded: %s",
+                            name, result["name"], result["message"])
+                return
+            except ApiConflict:
+                continue
+        raise Conflict(f"DirectPVInitRequest {name} kept changing during 8 attempts",
+                       "the next list of the requests records it")
