@@ -2,7 +2,8 @@
 # What the real one-node cluster (tests/realnode) needs on this host, installed or built once:
 #   - Debian packages: containerd, runc, containernetworking-plugins (bridge, host-local, loopback),
 #     iptables, buildah and debootstrap (the driver image, scripts/build-image.sh), gcc + libc6-dev
-#     (the static pause binary). No service is
+#     (the static pause binary), skopeo and docker-registry (the image role's push, tested on loopback).
+#     No service is
 #     started (policy-rc.d), none is enabled: the fixture starts its own containerd and stops it.
 #   - kube-scheduler and kubelet from the k8s.io/kubernetes module (scripts/build-kube-tools.sh,
 #     which also holds etcd, kube-apiserver, kube-controller-manager and the sidecars);
@@ -22,7 +23,7 @@ RESIZER_VERSION=$(sed -n 's/^RESIZER_VERSION=\([^ ]*\).*/\1/p' scripts/build-kub
 PAUSE_REF=localhost/directpv-csi/pause:$KUBE_VERSION
 PY=${PYTHON:-python3}
 
-PKGS=(containerd runc containernetworking-plugins iptables buildah debootstrap gcc libc6-dev binutils)
+PKGS=(containerd runc containernetworking-plugins iptables buildah debootstrap gcc libc6-dev binutils skopeo docker-registry)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
