@@ -456,7 +456,8 @@ def _recheck(plan: FormatPlan) -> Device:
     return dev
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -464,20 +465,26 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def write_json_durably(path: str, data: Dict[str, Any], tmp: str, indent: int = 2) -> None:
+    """The one home of our durable metadata writes: ``data`` as JSON into ``tmp`` (same
+    directory), fsync, rename over ``path``, fsync the directory. A crash leaves the old file
+    or the new one, never a torn one."""
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=indent, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
+
+
 def write_metadata(mountpoint: str, metadata: Dict[str, Any]) -> str:
     """Write ``<mountpoint>/.directpv/meta.json`` atomically (temp file, fsync, rename, fsync dir)."""
     d = os.path.join(mountpoint, META_DIR)
     os.makedirs(d, mode=0o755, exist_ok=True)
     path = os.path.join(d, META_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(metadata, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(d)
-    _fsync_dir(mountpoint)
+    write_json_durably(path, metadata, path + ".tmp")
+    fsync_dir(mountpoint)
     return path
 
 

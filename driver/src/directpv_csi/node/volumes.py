@@ -33,6 +33,7 @@ from ..core.errors import FailedPrecondition, InvalidArgument, Unsupported, clip
 from ..core.models import Volume
 from ..core.validation import VOLUME_NAME_RE
 from ..device import quota
+from ..device.format import fsync_dir, write_json_durably
 
 log = logging.getLogger("directpv_csi.node")
 
@@ -135,25 +136,10 @@ def write_volume_meta(drive_mount: Path, volume: Volume, old: Optional[Dict[str,
     d = path.parent
     if not d.is_dir():
         os.makedirs(d, mode=0o755, exist_ok=True)
-        _fsync_dir(d.parent)
-        _fsync_dir(drive_mount)
-    tmp = d / f".{volume.name}.json.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(body, f, sort_keys=True, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(d)
+        fsync_dir(d.parent)
+        fsync_dir(drive_mount)
+    write_json_durably(str(path), body, str(d / f".{volume.name}.json.tmp"), indent=1)
     return path
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_volume_meta(drive_mount: Path, name: str) -> Optional[Dict[str, Any]]:
@@ -236,7 +222,7 @@ def move_to_trash(drive_mount: Path, name: str, uid: str, with_quota: bool, live
             log.warning("cannot read the project id of %s: %s", path, exc)
     if not trash.is_dir():
         os.makedirs(trash, mode=0o700, exist_ok=True)
-        _fsync_dir(drive_mount)
+        fsync_dir(drive_mount)
     stamp = f"{name}.{uid or 'no-uid'}.{time.time_ns()}"
     moved = []
     if path.is_dir() and not path.is_symlink():
@@ -245,10 +231,10 @@ def move_to_trash(drive_mount: Path, name: str, uid: str, with_quota: bool, live
     if meta.exists():
         os.rename(meta, trash / f"{stamp}.json")
         moved.append(f"{stamp}.json")
-        _fsync_dir(meta.parent)
+        fsync_dir(meta.parent)
     if moved:
-        _fsync_dir(trash)
-        _fsync_dir(drive_mount)
+        fsync_dir(trash)
+        fsync_dir(drive_mount)
     cleared = False
     if with_quota and project_id > 0 and project_id not in live_project_ids:
         try:
