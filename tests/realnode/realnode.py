@@ -66,6 +66,9 @@ SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/pa
 FIXED_PATHS = ("/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/var/lib/cni", "/run/containerd",
                "/run/udev", "/etc/cni", "/opt/cni", "/usr/libexec/kubernetes", "/var/lib/containerd",
                "/opt/containerd", "/etc/kubernetes")
+# Of those, the ones this cluster only ever leaves as empty directories (the node DaemonSet's /run/udev
+# hostPath...): removed with rmdir, so a file another program put there keeps them (and is reported).
+EMPTY_ONLY = frozenset(("/run/udev", "/etc/cni", "/opt/cni", "/usr/libexec/kubernetes", "/etc/kubernetes"))
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 IPTABLES = ("iptables", "ip6tables")
 TABLES = ("filter", "nat", "mangle")
@@ -434,6 +437,7 @@ class RealNode:
             str(tools / "kube-controller-manager"), f"--kubeconfig={self.kubeconfig}",
             f"--root-ca-file={pki.path('ca.crt')}", f"--service-account-private-key-file={pki.path('sa.key')}",
             "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_ports(1)[0]}",
+            f"--flex-volume-plugin-dir={self.work / 'volume-plugins'}",
             "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle", "--v=1",
         ], self.log_dir)
         self.procs["kube-scheduler"] = start("kube-scheduler", [
@@ -654,13 +658,25 @@ class RealNode:
         existed = self.before.fixed_paths if self.before else {p: True for p in FIXED_PATHS}
         with open("/proc/self/mountinfo", encoding="utf-8") as f:
             points = [line.split()[4] for line in f]
+        left = []
         for path in FIXED_PATHS:
             if existed.get(path, True) or not os.path.lexists(path):
                 continue
             if any(p == path or p.startswith(path + "/") for p in points):
-                raise RuntimeError(f"{path} has mounts below it; left in place")
-            shutil.rmtree(path, ignore_errors=False) if os.path.isdir(path) else os.unlink(path)
-
+                left.append(f"{path} (mounts below it)")
+                continue
+            try:
+                if path in EMPTY_ONLY:  # empty directories only: a file inside is someone else's
+                    for sub, _dirs, _files in sorted(os.walk(path), key=lambda w: len(w[0]), reverse=True):
+                        os.rmdir(sub)
+                elif os.path.isdir(path):
+                    shutil.rmtree(path)  # the kubelet's, containerd's or CNI's runtime state of this cluster
+                else:
+                    os.unlink(path)
+            except OSError as exc:
+                left.append(f"{path} ({exc})")
+        if left:
+            raise RuntimeError(f"left in place: {', '.join(left)}")
 
 def _rmdir_cgroup(path: Path) -> None:
     for _ in range(50):
