@@ -491,16 +491,21 @@ class EmbeddedStore:
                 created_at=volume.created_at or time.time(),
                 parameters=dict(volume.parameters), labels=dict(volume.labels),
             )
-            db.execute(f"INSERT INTO volumes({_VOLUME_COLS}) VALUES ({','.join('?' * 14)})", _volume_row(new))
-            new_drive = replace(drive, allocated=drive.allocated + new.size,
-                                volume_count=drive.volume_count + 1, generation=drive.generation + 1)
-            db.execute("UPDATE drives SET allocated=?, volume_count=?, generation=? WHERE drive_id=?",
-                       (new_drive.allocated, new_drive.volume_count, new_drive.generation, drive.drive_id))
-            ov[drive.drive_id] = new_drive
+            self._insert_allocated(db, ov, drive, new)
             return new
 
         result: Volume = self._submit(op)
         return result
+
+    @staticmethod
+    def _insert_allocated(db: sqlite3.Connection, ov: Dict[str, Optional[Drive]], drive: Drive, new: Volume) -> None:
+        """Record ``new`` and add its size to ``drive``'s allocation (inside the caller's transaction)."""
+        db.execute(f"INSERT INTO volumes({_VOLUME_COLS}) VALUES ({','.join('?' * 14)})", _volume_row(new))
+        new_drive = replace(drive, allocated=drive.allocated + new.size,
+                            volume_count=drive.volume_count + 1, generation=drive.generation + 1)
+        db.execute("UPDATE drives SET allocated=?, volume_count=?, generation=? WHERE drive_id=?",
+                   (new_drive.allocated, new_drive.volume_count, new_drive.generation, drive.drive_id))
+        ov[drive.drive_id] = new_drive
 
     def get_volume(self, name: str) -> Optional[Volume]:
         return self._volume_row_of(self._reader(), name)
@@ -666,12 +671,7 @@ class EmbeddedStore:
             new = replace(volume, node=drive.node, generation=1, created_at=volume.created_at or time.time(),
                           parameters=dict(volume.parameters), labels=dict(volume.labels), staging_path="",
                           target_paths=(), read_only_targets=())
-            db.execute(f"INSERT INTO volumes({_VOLUME_COLS}) VALUES ({','.join('?' * 14)})", _volume_row(new))
-            new_drive = replace(drive, allocated=drive.allocated + new.size,
-                                volume_count=drive.volume_count + 1, generation=drive.generation + 1)
-            db.execute("UPDATE drives SET allocated=?, volume_count=?, generation=? WHERE drive_id=?",
-                       (new_drive.allocated, new_drive.volume_count, new_drive.generation, drive.drive_id))
-            ov[drive.drive_id] = new_drive
+            self._insert_allocated(db, ov, drive, new)
             return new
 
         result: Volume = self._submit(op)
