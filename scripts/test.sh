@@ -19,4 +19,4 @@ phase "demo (scripts/demo.sh: what make demo runs after setup)" bash scripts/dem
 # iptables rules must not meet the network-namespace and QEMU tests above. `make test` runs
 # cluster-setup and image first (scripts/setup-cluster.sh, scripts/build-image.sh).
 phase "real node: the whole product under a real kubelet (tests/realnode)" \
-  env DIRECTPV_REALNODE=1 .venv/bin/pytest -q -p no:cacheprovider --basetemp "$BASETEMP/realnode" -m realnode tests/realnode
+  env DIRECTPV_REALNODE=1 DIRECTPV_REALNODE_REQUIRED=1 .venv/bin/pytest -q -p no:cacheprovider --basetemp "$BASETEMP/realnode" -m realnode tests/realnode

@@ -20,6 +20,15 @@ from .realnode import RealNode, busy_reasons, launch, missing_requirements, new_
 __all__ = ["collections_path", "inventory", "playbook"]  # the playbook runner of tests/playbooks
 
 ENABLED = os.environ.get("DIRECTPV_REALNODE") == "1"
+# `make test` sets this: a missing piece is then a failure, never a silent skip
+REQUIRED = os.environ.get("DIRECTPV_REALNODE_REQUIRED") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"{reason} (DIRECTPV_REALNODE_REQUIRED=1: make cluster-setup image)")
+    pytest.skip(reason)
+
 if not ENABLED:
     collect_ignore_glob = ["test_*.py"]
 
@@ -33,10 +42,10 @@ def real_node() -> Iterator[RealNode]:
     """A running one-node cluster for the session; the host is checked after it is gone."""
     missing = missing_requirements()
     if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
+        skip_or_fail(f"needs {', '.join(missing)}")
     busy = busy_reasons()
     if busy:
-        pytest.skip(f"host not free for a real node: {', '.join(busy)}")
+        skip_or_fail(f"host not free for a real node: {', '.join(busy)}")
     work = new_work_dir()
     node = launch(work)
     problems: List[str] = []

@@ -26,6 +26,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from playbooks.conftest import Run
 
+from .conftest import skip_or_fail
 from .realnode import NODE_NAME, RealNode, image_ref
 
 pytestmark = [pytest.mark.realnode, pytest.mark.slow]
@@ -152,7 +153,7 @@ def test_the_whole_product_on_a_real_node(
     playbook: Callable[..., Run],
 ) -> None:
     if not DRIVER_ARCHIVE.exists():
-        pytest.skip(f"needs the driver image archive {DRIVER_ARCHIVE} (make image)")
+        skip_or_fail(f"needs the driver image archive {DRIVER_ARCHIVE} (make image)")
     api = real_node.api_client
     assert api is not None
     core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
