@@ -212,6 +212,71 @@ def test_refused_events_never_fail_the_operation(cluster: KubeStoreCluster, capl
     assert "no-such-namespace" in lines[0] and "DriveAdded" in lines[0]
 
 
+def events_regarding_name(cluster: KubeStoreCluster, kind: str, prefix: str) -> List[Dict[str, Any]]:
+    api = client.CustomObjectsApi(cluster.api_client)
+    listed = cast(Dict[str, Any], api.list_namespaced_custom_object("events.k8s.io", "v1", "default", "events"))
+    return [e for e in listed["items"] if (e.get("regarding") or {}).get("kind") == kind
+            and str((e.get("regarding") or {}).get("name", "")).startswith(prefix)]
+
+
+def test_a_burst_larger_than_the_queue_loses_no_event(cluster: KubeStoreCluster) -> None:
+    """600 events about 12 objects (50 each, interleaved) through a queue of 12: repeats of a queued
+    event fold into it, so every object has its one Event on the API server with series.count 50,
+    and the folded repeats are counted (``coalesced``); nothing is shed."""
+    from directpv_csi.kube.store import _EventSink
+
+    sink = _EventSink(cluster.new_client())
+    rec = ev.EventRecorder(sink, INSTANCE, queue_size=12)
+    prefix = f"burst-{uuid.uuid4().hex[:8]}-"
+    objs = [ev.Regarding("DirectPVVolume", f"{prefix}{i}", str(uuid.uuid4())) for i in range(12)]
+    for _ in range(50):
+        for o in objs:
+            rec.emit(o, ev.NORMAL, ev.VOLUME_RELEASED, "Release", f"{o.name} released")
+    rec.close(timeout_s=20)
+    got = events_regarding_name(cluster, "DirectPVVolume", prefix)
+    assert sorted(e["regarding"]["name"] for e in got) == sorted(o.name for o in objs)
+    assert [(e.get("series") or {}).get("count") for e in got] == [50] * 12
+    assert (rec.created, rec.aggregated, rec.shed, rec.failed) == (12, 12 * 49, 0, 0)
+    assert rec.coalesced > 0 and rec.stats()["coalesced"] == rec.coalesced
+
+
+def test_a_full_queue_sheds_distinct_events_counted_and_logged(cluster: KubeStoreCluster,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """The API server is slow (the sink waits on a gate) and 30 distinct events arrive at a queue of
+    10: each is either created on the API server or counted as shed, by reason, in a log line."""
+    import threading
+
+    from directpv_csi.kube.store import _EventSink
+
+    gate = threading.Event()
+
+    class Slow:
+        def __init__(self) -> None:
+            self.real = _EventSink(cluster.new_client())
+
+        def create(self, namespace: str, body: Dict[str, Any]) -> None:
+            gate.wait(10)
+            self.real.create(namespace, body)
+
+        def patch_series(self, namespace: str, name: str, series: Dict[str, Any]) -> None:
+            self.real.patch_series(namespace, name, series)
+
+    rec = ev.EventRecorder(Slow(), INSTANCE, queue_size=10)
+    prefix = f"shed-{uuid.uuid4().hex[:8]}-"
+    with caplog.at_level(logging.WARNING, logger="directpv_csi.store.events"):
+        for i in range(30):
+            rec.emit(ev.Regarding("DirectPVDrive", f"{prefix}{i}", str(uuid.uuid4())), ev.WARNING, ev.DRIVE_LOST,
+                     "Probe", "lost")
+        gate.set()
+        rec.close(timeout_s=20)
+    got = events_regarding_name(cluster, "DirectPVDrive", prefix)
+    assert rec.failed == 0 and len(got) == rec.created and rec.created in (10, 11)
+    assert rec.created + rec.shed == 30 and rec.shed_by_reason == {ev.DRIVE_LOST: rec.shed}
+    lines = [r.getMessage() for r in caplog.records if r.name == "directpv_csi.store.events"]
+    assert any("event queue full" in line and "DriveLost 1" in line for line in lines), lines
+    assert any(f"shed {rec.shed}" in line for line in lines), lines  # the closing summary
+
+
 # --- the install role's RBAC, as a service account's token sees it -------------------------------
 
 

@@ -36,10 +36,14 @@ Namespace: every DirectPV object is cluster-scoped, and Events are namespaced. L
 no namespace), events go to ``default``; the API server accepts only ``default`` (or none) for
 events about cluster-scoped objects, so no other namespace would do.
 
-Never slows down or fails the operation: :meth:`emit` puts the event on a bounded queue (full:
-the event is dropped and counted) and returns; one background thread, started on the first
-event, sends them. A failed API call is logged (at most one line per ``log_every_s``, with the
-count of the failures it stands for) and the event dropped.
+Never slows down or fails the operation: :meth:`emit` puts the event on a bounded queue and
+returns; one background thread, started on the first event, sends them. The queue holds at most
+``queue_size`` *distinct* events: a repeat of one still queued (same regarding object, reason, type
+and action) is folded into it (its count grows, ``coalesced``), so a burst of repeats never fills
+it. Only a new distinct event arriving at a full queue is shed; it is counted per reason
+(``shed``, ``shed_by_reason``) and reported in a log line with the counts (at most one line per
+``log_every_s``; the counts are cumulative, so none is lost between lines). A failed API call is
+logged the same way and the event dropped (``failed``). :meth:`stats` gives every counter.
 
 Aggregation, as client-go does it: events with the same regarding object (uid), reason, type and
 action, each less than ``window_s`` (6 minutes, client-go's) after the previous one, are one
@@ -51,7 +55,6 @@ patches, not 2,000 objects in etcd.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -113,7 +116,7 @@ class Regarding:
     api_version: str = API_VERSION
 
 
-@dataclass(frozen=True)
+@dataclass
 class Event:
     regarding: Regarding
     type: str  # Normal | Warning
@@ -121,6 +124,16 @@ class Event:
     action: str
     note: str
     at: float = field(default_factory=time.time)
+    count: int = 1  # occurrences this queued event stands for (repeats folded in while it waited)
+    last: float = 0.0  # when the last of them happened (0: ``at``)
+
+
+Key = Tuple[str, str, str, str]
+
+
+def key_of(regarding: Regarding, type_: str, reason: str, action: str) -> Key:
+    """What makes two events one series: the regarding object (its uid, else kind/name), reason, type, action."""
+    return (regarding.uid or f"{regarding.kind}/{regarding.name}", reason, type_, action)
 
 
 @dataclass
@@ -179,36 +192,70 @@ class EventRecorder:
         self.instance = instance[:128]  # the API server's limit for reportingInstance
         self.namespace = namespace
         self._sink = sink
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        # distinct queued events by key (repeats fold into them); the queue carries their keys in
+        # order (and _STOP), never more than queue_size + 1 items
+        self._max_queued = max(1, queue_size)
+        self._pending: Dict[Key, Event] = {}
+        self._queue: queue.Queue[object] = queue.Queue()
         self._window_s = window_s
         self._flush_s = series_flush_s
         self._log_every_s = log_every_s
-        self._series: Dict[Tuple[str, str, str, str], _Series] = {}
+        self._series: Dict[Key, _Series] = {}
         self._lock = threading.Lock()
         self._log_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._closed = False
         self._last_log = 0.0
         self._unlogged = 0
-        # counters (tests, metrics): events created, repeats folded into a series, series patches sent,
-        # events dropped because the queue was full, API calls that failed
+        # counters (tests, metrics): events created, repeats folded into a series (``coalesced``: of
+        # them, folded while still queued), series patches sent, distinct events shed because the
+        # queue was full (``dropped`` is the same number, its old name), API calls that failed
         self.created = 0
         self.aggregated = 0
+        self.coalesced = 0
         self.patched = 0
-        self.dropped = 0
+        self.shed = 0
+        self.shed_by_reason: Dict[str, int] = {}
         self.failed = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.shed
+
+    def stats(self) -> Dict[str, int]:
+        """Every counter (for metrics and log lines)."""
+        with self._lock:
+            return {"created": self.created, "aggregated": self.aggregated, "coalesced": self.coalesced,
+                    "patched": self.patched, "shed": self.shed, "failed": self.failed,
+                    "queued": len(self._pending)}
 
     def emit(self, regarding: Regarding, type_: str, reason: str, action: str, note: str) -> None:
         """Queue an event; never blocks, never raises."""
         if not self.enabled or self._closed:
             return
-        try:
-            self._queue.put_nowait(Event(regarding, type_, reason, action, note))
-        except queue.Full:
-            self.dropped += 1
-            self._log_failure(f"event queue full ({self._queue.maxsize}): dropped {reason} for "
-                              f"{regarding.kind} {regarding.name}")
+        key = key_of(regarding, type_, reason, action)
+        now = time.time()
+        with self._lock:
+            queued = self._pending.get(key)
+            if queued is not None:  # a repeat of a queued event: one more occurrence of it
+                queued.count += 1
+                queued.last = now
+                self.coalesced += 1
+                return
+            if len(self._pending) >= self._max_queued:
+                self.shed += 1
+                self.shed_by_reason[reason] = self.shed_by_reason.get(reason, 0) + 1
+                shed = dict(self.shed_by_reason)
+            else:
+                self._pending[key] = Event(regarding, type_, reason, action, note, at=now)
+                shed = None
+        if shed is not None:
+            self._log_failure(f"event queue full ({self._max_queued} distinct events waiting): shed {reason} "
+                              f"for {regarding.kind} {regarding.name}; shed so far by reason: "
+                              + ", ".join(f"{r} {n}" for r, n in sorted(shed.items()))
+                              + f"; {self.coalesced} repeat(s) coalesced into queued events")
             return
+        self._queue.put_nowait(key)
         self._start()
 
     def _start(self) -> None:
@@ -227,12 +274,13 @@ class EventRecorder:
         if thread is None:
             return
         deadline = time.monotonic() + timeout_s
-        with contextlib.suppress(queue.Full):  # still full at the deadline: the join below gives up too
-            self._queue.put(_STOP, timeout=timeout_s)
+        self._queue.put_nowait(_STOP)
         thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
             log.warning("event recorder: still sending after %.1f s at close; %d event(s) not sent",
-                        timeout_s, self._queue.qsize())
+                        timeout_s, len(self._pending))
+        elif self.shed:  # the shed ones are not on the API server: say how many, whatever the rate limit
+            log.warning("event recorder closed: %s", ", ".join(f"{k} {v}" for k, v in self.stats().items()))
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every queued event was handled (sent or dropped); True if so in time."""
@@ -255,8 +303,11 @@ class EventRecorder:
                 if item is _STOP:
                     self._flush_series(time.time())
                     return
-                if isinstance(item, Event):
-                    self._handle(item)
+                if isinstance(item, tuple):
+                    with self._lock:
+                        event = self._pending.pop(item, None)
+                    if event is not None:
+                        self._handle(event)
                 if time.monotonic() >= next_flush:
                     self._flush_series(time.time())
                     next_flush = time.monotonic() + self._flush_s
@@ -268,13 +319,14 @@ class EventRecorder:
                     self._queue.task_done()
 
     def _handle(self, ev: Event) -> None:
-        key = (ev.regarding.uid, ev.reason, ev.type, ev.action)
+        key = key_of(ev.regarding, ev.type, ev.reason, ev.action)
+        last = ev.last or ev.at
         cur = self._series.get(key)
         if cur is not None and ev.at - cur.last < self._window_s:
-            cur.count += 1
-            cur.last = ev.at
+            cur.count += ev.count
+            cur.last = last
             cur.dirty = True
-            self.aggregated += 1
+            self.aggregated += ev.count
             return
         body = event_body(ev, self.namespace, self.instance)
         try:
@@ -285,7 +337,9 @@ class EventRecorder:
                               f"in namespace {self.namespace}: {e}")
             return
         self.created += 1
-        self._series[key] = _Series(name=body["metadata"]["name"], first=ev.at, last=ev.at)
+        self.aggregated += ev.count - 1  # repeats folded in while it was queued: the series counts them
+        self._series[key] = _Series(name=body["metadata"]["name"], first=ev.at, last=last, count=ev.count,
+                                    dirty=ev.count > 1)
 
     def _flush_series(self, now: float) -> None:
         for key, s in list(self._series.items()):
