@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable, Iterator, List
 
 import pytest
 from directpv_csi.device.mountinfo import parse_mountinfo
 
-from testsupport import FIXTURES, backing_file, is_root
-
 # The real control plane (tests/kube): one kube-apiserver + etcd for the whole session, shared by
 # every test tree that asks for it (store contract, csi-sanity in kube mode, install playbooks).
-sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
+# tests/ is on pytest's pythonpath (pytest.ini), so `kube` is an ordinary package import.
 from kube.cluster import kube_store_cluster
 from kube.controlplane import kube_control_plane
 
+from testsupport import FIXTURES, backing_file, is_root
+
 __all__ = ["kube_control_plane", "kube_store_cluster"]
+
+# Fixtures shared across test directories, registered once here (pytest only honours
+# pytest_plugins in the root conftest): the standalone CSI process and short socket dirs
+# (csi/, observe/) and the node service on loop drives (node/, csi/). Closer conftest.py
+# files override by name (driver/tests/store/conftest.py defines its own `store`).
+pytest_plugins = ["csi.csi_helpers", "node.node_helpers"]
 
 
 @pytest.fixture

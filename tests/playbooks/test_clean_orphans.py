@@ -9,22 +9,19 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
+from csi.csi_helpers import Standalone, format_loop_drive, unmount_under
 
 from testsupport import PYTHON, needs_root, needs_tool
 
 from .conftest import Run
 
 pytestmark = [needs_root, needs_tool("mkfs.xfs"), pytest.mark.slow]
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "driver" / "tests" / "csi"))
-from csi_helpers import Standalone, format_loop_drive, unmount_under  # noqa: E402
 
 
 def _sha(p: Path) -> str:

@@ -1,5 +1,7 @@
-"""Helpers and fixtures of the CSI tests (imported as a plain module: the test dirs
-are not packages). A real CSI server (Identity + Controller, embedded store) on a temporary unix socket.
+"""Helpers and fixtures of the CSI tests, imported as ``csi.csi_helpers`` (driver/tests is on
+pytest's pythonpath, pytest.ini); its fixtures are registered for every test by the root
+conftest.py's ``pytest_plugins``, so tests import only the helpers. A real CSI server
+(Identity + Controller, embedded store) on a temporary unix socket.
 
 Unix socket paths are limited to 108 bytes, so sockets live in a short temporary
 directory under /tmp rather than in pytest's (long) tmp_path.

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Callable, List
 
 import pytest
-from csi_helpers import (
+from csi.csi_helpers import (
     Standalone,
     format_loop_drive,
-    short_dir_fixture,  # noqa: F401 - fixtures
     unmount_under,
 )
 from directpv_csi.core.models import Drive

@@ -9,12 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Tuple
 
 import grpc
-from csi_helpers import (
+from csi.csi_helpers import (
     Csi,
     MiB,
     create_req,
-    csi_fixture,  # noqa: F401 - fixtures
-    short_dir_fixture,  # noqa: F401 - fixtures (csi needs it)
 )
 from directpv_csi.csi.proto import csi_pb2 as pb
 

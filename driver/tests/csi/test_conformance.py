@@ -9,18 +9,16 @@ from typing import Any
 
 import grpc
 import pytest
-from csi_helpers import (  # noqa: F401 - fixtures
+from csi.csi_helpers import (
     Csi,
     GiB,
     MiB,
     block_cap,
     create_req,
-    csi_fixture,
     make_csi,
     mount_cap,
     node_topo,
     rpc_error,
-    short_dir_fixture,
 )
 from directpv_csi import DRIVER_NAME, __version__
 from directpv_csi.core.models import DRIVE_ERROR, DRIVE_LOST

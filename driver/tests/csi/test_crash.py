@@ -20,14 +20,13 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import grpc
 import pytest
-from csi_helpers import (
+from csi.csi_helpers import (
     GiB,
     MiB,
     Standalone,
     create_req,
     format_loop_drive,
     mount_cap,
-    short_dir_fixture,  # noqa: F401 - fixtures
     unmount_under,
 )
 from directpv_csi.core.models import Drive

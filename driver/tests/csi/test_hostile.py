@@ -16,27 +16,16 @@ from typing import Any, Callable, Iterator, List, Tuple
 
 import grpc
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
-
-from csi_helpers import (
+from csi.csi_helpers import (
     Standalone,
     create_req,
-    csi_fixture,  # noqa: F401 - fixture
     format_loop_drive,
     mount_cap,
-    short_dir_fixture,  # noqa: F401 - fixture
 )
 from directpv_csi.csi.proto import csi_pb2
 from directpv_csi.device import mount as m
-from node_helpers import (
+from node.node_helpers import (
     NodeServer,
-    config_fixture,  # noqa: F401 - fixture
-    make_drive_fixture,  # noqa: F401 - fixture
-    node_env_fixture,  # noqa: F401 - fixture
-    node_server_fixture,  # noqa: F401 - fixture
-    registry_fixture,  # noqa: F401 - fixture
-    store_fixture,  # noqa: F401 - fixture
     unmount_under,
 )
 

@@ -6,27 +6,17 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import grpc
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
-
 from directpv_csi.core.models import DRIVE_LOST, VOLUME_PENDING, VOLUME_READY, Drive
 from directpv_csi.csi.proto import csi_pb2
 from directpv_csi.device import mount as m
-from node_helpers import (
+from node.node_helpers import (
     NodeServer,
-    config_fixture,  # noqa: F401 - fixture
     detach,
-    make_drive_fixture,  # noqa: F401 - fixture
-    node_env_fixture,  # noqa: F401 - fixture
-    node_server_fixture,  # noqa: F401 - fixture
-    registry_fixture,  # noqa: F401 - fixture
-    store_fixture,  # noqa: F401 - fixture
     unmount_under,
 )
 

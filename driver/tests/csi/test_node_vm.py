@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
-
 from directpv_csi.csi.proto import csi_pb2
 from directpv_csi.device import quota
-from node_helpers import (
+from node.node_helpers import (
     NodeServer,
-    config_fixture,  # noqa: F401 - fixture
-    make_drive_fixture,  # noqa: F401 - fixture
-    node_env_fixture,  # noqa: F401 - fixture
-    node_server_fixture,  # noqa: F401 - fixture
-    registry_fixture,  # noqa: F401 - fixture
-    store_fixture,  # noqa: F401 - fixture
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.vm]

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from csi_helpers import short_dir_fixture  # noqa: F401 - fixture
 from directpv_csi.core.errors import InvalidArgument
 from directpv_csi.csi.proto import pluginregistration_pb2 as pb
 from directpv_csi.csi.proto import pluginregistration_pb2_grpc as pb_grpc

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any, Callable, List
 
 import pytest
-from csi_helpers import (
+from csi.csi_helpers import (
     Standalone,
     format_loop_drive,
-    short_dir_fixture,  # noqa: F401 - fixtures
     unmount_under,
 )
 from directpv_csi.kube.store import KubeStore

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from csi_helpers import (
+from csi.csi_helpers import (
     Standalone,
-    short_dir_fixture,  # noqa: F401 - fixtures
 )
 from directpv_csi.concurrency.inflight import InFlight
 from directpv_csi.core import errors as e

@@ -1,5 +1,6 @@
 """Fixtures for the node side: real loop drives formatted by our format code, a real
-SQLite store, a registry that only sees this test's drives.
+SQLite store, a registry that only sees this test's drives. Imported as ``node.node_helpers``;
+its fixtures are registered for every test by the root conftest.py's ``pytest_plugins``.
 
 The registry's probe is the real one, filtered to the loop devices whose backing
 file lives in this test's tmp_path: other engineers' tests format loop drives on

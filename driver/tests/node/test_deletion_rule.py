@@ -23,10 +23,8 @@ from directpv_csi.csi.proto import csi_pb2, csi_pb2_grpc
 from directpv_csi.node.config import NodeConfig
 from directpv_csi.node.registry import DriveRegistry
 from directpv_csi.store.embedded import EmbeddedStore
-from node_helpers import (  # fixtures are imported here: a conftest.py would shadow the root one's module
+from node.node_helpers import (
     OurDrive,
-    make_drive_fixture,  # noqa: F401 - fixture
-    node_env_fixture,  # noqa: F401 - fixture
     only_under,
     unmount_under,
 )

@@ -12,16 +12,11 @@ from directpv_csi.core.models import DRIVE_ERROR, DRIVE_LOST, DRIVE_READY, DRIVE
 from directpv_csi.device import mount as m
 from directpv_csi.node.registry import DriveRegistry
 from directpv_csi.store.embedded import EmbeddedStore
-from node_helpers import (  # fixtures are imported here: a conftest.py would shadow the root one's module
+from node.node_helpers import (
     OurDrive,
     attach,
-    config_fixture,  # noqa: F401 - fixture
     detach,
-    make_drive_fixture,  # noqa: F401 - fixture
-    node_env_fixture,  # noqa: F401 - fixture
     only_under,
-    registry_fixture,  # noqa: F401 - fixture
-    store_fixture,  # noqa: F401 - fixture
     unmount_under,
 )
 

@@ -18,15 +18,10 @@ from directpv_csi.core.models import DRIVE_LOST, DRIVE_READY
 from directpv_csi.node.registry import DriveRegistry
 from directpv_csi.node.uevents import UeventMonitor, default_source
 from directpv_csi.store.embedded import EmbeddedStore
-from node_helpers import (  # fixtures are imported here: a conftest.py would shadow the root one's module
+from node.node_helpers import (
     OurDrive,
     attach,
-    config_fixture,  # noqa: F401 - fixture
     detach,
-    make_drive_fixture,  # noqa: F401 - fixture
-    node_env_fixture,  # noqa: F401 - fixture
-    registry_fixture,  # noqa: F401 - fixture
-    store_fixture,  # noqa: F401 - fixture
 )
 
 from testsupport import backing_file

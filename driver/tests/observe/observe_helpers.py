@@ -3,7 +3,8 @@ address a process bound (it prints it), and a TCP relay that stands between a pr
 API server so a test can cut the process off from it without stopping the shared control plane.
 
 The CSI helpers (the real standalone process, loop drives formatted by us) live in
-driver/tests/csi/csi_helpers.py; this module puts that directory on sys.path to reuse them.
+driver/tests/csi/csi_helpers.py (imported as ``csi.csi_helpers``: driver/tests is on pytest's
+pythonpath, see pytest.ini).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-import sys
 import threading
 import time
 import urllib.error
@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from prometheus_client.parser import text_string_to_metric_families
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "csi"))
 
 URL_RE = re.compile(r"metrics and health on (http://\S+)")
 

@@ -16,12 +16,11 @@ from typing import Any, Dict, Iterator, List
 from urllib.parse import urlparse
 
 import pytest
-from observe_helpers import TcpRelay, get, metrics_url, one, scrape, series, wait_for
-
-from csi_helpers import GiB  # isort: skip - found through observe_helpers' sys.path entry
+from csi.csi_helpers import GiB
 from directpv_csi.core.models import Drive, Volume
 from directpv_csi.kube.store import DRIVES, GROUP, VERSION, KubeStore
 from kubernetes import client
+from observe.observe_helpers import TcpRelay, get, metrics_url, one, scrape, series, wait_for
 
 from testsupport import DriverProcess
 

@@ -13,7 +13,7 @@ import pytest
 from directpv_csi.csi.identity import IdentityServicer
 from directpv_csi.csi.server import create_server
 from directpv_csi.observe.endpoints import ObserveServer
-from observe_helpers import get
+from observe.observe_helpers import get
 from prometheus_client import CollectorRegistry
 
 

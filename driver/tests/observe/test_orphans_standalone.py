@@ -15,19 +15,17 @@ from typing import Callable
 
 import grpc
 import pytest
-from observe_helpers import metrics_url, one, scrape, wait_for
-
-from csi_helpers import (  # isort: skip - found through observe_helpers' sys.path entry
+from csi.csi_helpers import (
     MiB,
     Standalone,
     create_req,
     format_loop_drive,
     mount_cap,
-    short_dir_fixture,  # noqa: F401 - fixture
     unmount_under,
 )
 from directpv_csi.csi.proto import csi_pb2 as pb
 from directpv_csi.csi.proto import csi_pb2_grpc as pbg
+from observe.observe_helpers import metrics_url, one, scrape, wait_for
 
 from testsupport import PYTHON
 

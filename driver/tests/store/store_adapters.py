@@ -1,16 +1,16 @@
-"""Adapters under the store contract (imported by name: no conftest.py, which would shadow
-the root one for ``from conftest import``). Each adapter is one entry in ADAPTERS: a factory
+"""Adapters under the store contract; driver/tests/store/conftest.py turns them into the
+parametrised ``adapter`` and ``store`` fixtures of this directory. Each adapter is one entry in ADAPTERS: a factory
 ``(tmp_path, request) -> (store, reopen)`` where ``reopen()`` closes the store and returns a
 fresh instance over the same data (for durability tests).
 
-``kube`` runs on the real kube-apiserver (tests/kube/controlplane.py, registered for this
-directory by conftest.py): the CRDs of deploy/crds are applied once per session and every
+``kube`` runs on the real kube-apiserver (tests/kube/controlplane.py, a fixture of the root
+conftest.py): the CRDs of deploy/crds are applied once per session and every
 DirectPV object is wiped before each test. It skips when kube-apiserver/etcd are not built."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import pytest
 from directpv_csi.store.embedded import EmbeddedStore
@@ -48,13 +48,3 @@ def _kube(tmp_path: Path, request: pytest.FixtureRequest) -> Tuple[Any, Callable
 
 ADAPTERS: Dict[str, Factory] = {"embedded": _embedded, "kube": _kube}
 
-
-@pytest.fixture(name="adapter", params=sorted(ADAPTERS))
-def adapter_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tuple[Any, Callable[[], Any]]]:
-    store, reopen = ADAPTERS[request.param](tmp_path, request)
-    yield store, reopen
-
-
-@pytest.fixture(name="store")
-def store_fixture(adapter: Tuple[Any, Callable[[], Any]]) -> Any:
-    return adapter[0]

@@ -1,4 +1,5 @@
-"""The Store port's contract (store/base.py), run against every adapter in conftest.ADAPTERS."""
+"""The Store port's contract (store/base.py), run against every adapter in store_adapters.ADAPTERS
+(the `adapter`/`store` fixtures come from driver/tests/store/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import Any, Callable, List, Tuple
 import pytest
 from directpv_csi.core.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 from directpv_csi.core.models import DRIVE_LOST, DRIVE_READY, VOLUME_READY, Drive, Tombstone, Volume
-from store_adapters import adapter_fixture, store_fixture  # noqa: F401 - fixtures
 
 GiB = 1024**3
 
