@@ -48,7 +48,6 @@ MAX_PARAMETERS_BYTES = 16 * 1024  # keys + values of a parameters map
 # The name becomes a directory on the drive: no slash, no "..", no control characters.
 # Every pattern is used with fullmatch: "$" alone would accept a trailing newline.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-VOLUME_NAME_RE = _NAME_RE  # for the node's check of the directory name (node/volumes.py)
 _LABEL_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 _LABEL_VALUE_RE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
 
@@ -63,14 +62,27 @@ SUPPORTED_FS_TYPES = ("", "xfs")
 
 
 def check_volume_name(name: str, what: str = "volume name") -> str:
-    if not name:
-        raise InvalidArgument(f"{what} is missing", "pass the volume name")
-    if len(name.encode()) > MAX_NAME_LENGTH:
-        raise InvalidArgument(f"{what} {clip(name, 40)!r} is {len(name.encode())} bytes long",
-                              f"use at most {MAX_NAME_LENGTH} bytes")
+    """The one volume-name rule, for every caller (CreateVolume, both stores' reserve/restore, the
+    node's volume directories and orphan names; the kube store maps a valid name that is not a
+    Kubernetes object name to ``v-<sha256>``): set, at most MAX_NAME_LENGTH (128) bytes — the CSI
+    spec's string limit, the strictest of the limits the copies had (128, 253, 255, 1024) — and one
+    path component of letters, digits, '.', '_', '-' starting with a letter or digit. The stores
+    check the length part only (:func:`check_volume_name_length`): they record CSI names as the
+    strings they are."""
+    check_volume_name_length(name, what)
     if not _NAME_RE.fullmatch(name):
         raise InvalidArgument(f"{what} {clip(name)!r} has characters we cannot use in a directory name",
                               "use letters, digits, '.', '_' and '-', starting with a letter or digit")
+    return name
+
+
+def check_volume_name_length(name: str, what: str = "volume name") -> str:
+    """The length part of the volume-name rule: set and at most MAX_NAME_LENGTH bytes."""
+    if not name:
+        raise InvalidArgument(f"{what} is missing", "pass the volume name")
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME_LENGTH:
+        raise InvalidArgument(f"{what} {clip(name, 40)!r} is {size} bytes long", f"use at most {MAX_NAME_LENGTH} bytes")
     return name
 
 

@@ -29,6 +29,7 @@ from ..core.errors import (
     clip,
 )
 from ..core.models import DRIVE_READY, Drive, Volume
+from ..core.reservation import SAME_REQUEST_HINT, check_same_request, request_difference
 from ..core.scheduler import Refusal, Request, choose, refusal_reason, summarize
 from ..core.units import format_size
 from ..core.validation import (
@@ -45,7 +46,6 @@ from ..core.validation import (
     check_volume_id,
     check_volume_name,
     parse_parameters,
-    size_fits,
     volume_size,
 )
 from ..store.base import Store
@@ -102,11 +102,13 @@ def _matches(drive: Drive, segments: Segments) -> bool:
 
 class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     def __init__(self, store: Store, *, default_size: int = DEFAULT_VOLUME_SIZE,
-                 on_delete: Optional[Callable[[Volume], None]] = None) -> None:
+                 on_delete: Optional[Callable[[Volume], None]] = None,
+                 inflight: Optional[InFlight] = None) -> None:
         self.store = store
         self.default_size = default_size
         self.on_delete = on_delete  # standalone: let the node purge the volume's directory
-        self.inflight = InFlight()
+        # shared with the node side in one process (standalone): one table per volume for both
+        self.inflight = inflight if inflight is not None else InFlight()
         self._claim_locks: Dict[str, threading.Lock] = {}
         self._claim_guard = threading.Lock()
 
@@ -228,25 +230,19 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
                 vol = self._place(name, sched, parameters, tiers)
         else:
             vol = self._place(name, sched, parameters, tiers)
-        if vol.size != size or vol.parameters != parameters:  # lost a same-name race to another request
+        if request_difference(vol.size, vol.parameters, size, size, parameters):  # lost a same-name race
             vol = self._compatible(vol, required, limit, parameters, request)
         return csi_pb2.CreateVolumeResponse(volume=self._volume_message(vol))
 
     def _compatible(self, vol: Volume, required: int, limit: int, parameters: Dict[str, str],
                     request: csi_pb2.CreateVolumeRequest) -> Volume:
-        if not size_fits(vol.size, required, limit):
-            raise AlreadyExists(
-                f"volume {vol.name} exists with {vol.size} bytes, outside the requested range {required}..{limit}",
-                "use another name, or repeat the original request")
-        if vol.parameters != parameters:
-            raise AlreadyExists(f"volume {vol.name} exists with other parameters ({vol.parameters})",
-                                "use another name, or repeat the original request")
+        check_same_request(vol.name, vol.size, vol.parameters, required, limit, parameters)
         if request.HasField("accessibility_requirements") and request.accessibility_requirements.requisite:
             drive = self.store.get_drive(vol.drive_id)
             node_only = Drive(drive_id=vol.drive_id, node=vol.node, name="", total=0)
             if not any(_matches(drive or node_only, t.segments) for t in request.accessibility_requirements.requisite):
                 raise AlreadyExists(f"volume {vol.name} exists on node {vol.node}, outside the requisite topology",
-                                    "use another name, or repeat the original request")
+                                    SAME_REQUEST_HINT)
         return vol
 
     @rpc

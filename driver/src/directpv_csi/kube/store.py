@@ -80,6 +80,7 @@ from ..core.models import (
     Tombstone,
     Volume,
 )
+from ..core.reservation import check_reservable, check_same_request, smallest_unused
 from ..core.units import format_size
 from ..store.base import (
     check_drive_changes,
@@ -100,6 +101,7 @@ from .objects import (
     LABEL_DRIVE_NAME,
     LABEL_NODE,
     LABEL_TIER,
+    STATUS_WRITES,
     VERSION,
     VOLUMES,
     Obj,
@@ -107,12 +109,12 @@ from .objects import (
     drive_meta_labels,
     drive_of,
     drive_status_body,
+    generation_of,
     label_value,
     label_values,
     object_name,
     resource_name,
     rv_of,
-    smallest_unused,
     tomb_key,
     tombstones_of,
     used_project_ids,
@@ -255,10 +257,26 @@ class KubeStore:
         return obj
 
     def _write(self, plural: str, obj: Obj, status: bool = False) -> Obj:
-        """Replace ``obj`` (its metadata.resourceVersion is the precondition); 409 raises ApiConflict."""
+        """Replace ``obj`` (its metadata.resourceVersion is the precondition); 409 raises ApiConflict.
+        A status write bumps ``status.writes`` (the generation's part that status changes move)."""
+        if status:
+            obj = dict(obj, status=dict(obj["status"], **{STATUS_WRITES: self._status_writes(plural, obj) + 1}))
         out = self._api.replace(plural, obj["metadata"]["name"], obj, status=status)
         (self._drives if plural == DRIVES else self._volumes).apply(out)
         return out
+
+    def _status_writes(self, plural: str, obj: Obj) -> int:
+        """``status.writes`` of the version ``obj`` was made from (a new status body lacks it: the
+        cache's copy of that exact version has it, else the server's; another version -> 409)."""
+        if STATUS_WRITES in obj["status"]:
+            return int(obj["status"][STATUS_WRITES])
+        rv = rv_of(obj)
+        cur = (self._drives if plural == DRIVES else self._volumes).get(obj["metadata"]["name"])
+        if cur is None or rv_of(cur) != rv:
+            cur = self._api.get(plural, obj["metadata"]["name"])
+            if rv_of(cur) != rv:
+                raise ApiConflict(f"{plural} {obj['metadata']['name']} changed since it was read", "re-read it")
+        return int((cur.get("status") or {}).get(STATUS_WRITES) or 0)
 
     def _create(self, plural: str, obj: Obj) -> Obj:
         out = self._api.create(plural, obj)
@@ -399,8 +417,8 @@ class KubeStore:
             if cur is None or not cur.get("status"):
                 raise NotFound(f"drive {drive_id} not found", "list drives to see the known ids")
             before[0] = cur["status"].get("status")
-            if expected_generation is not None and (attempt > 0 or rv_of(cur) != expected_generation):
-                raise Conflict(f"drive {drive_id} changed (generation {rv_of(cur)}, expected "
+            if expected_generation is not None and (attempt > 0 or generation_of(cur) != expected_generation):
+                raise Conflict(f"drive {drive_id} changed (generation {generation_of(cur)}, expected "
                                f"{expected_generation})", "re-read the drive and retry")
             if spec_changes or not status_changes:
                 meta = dict(cur["metadata"])
@@ -439,24 +457,18 @@ class KubeStore:
         name = cur["metadata"]["name"]
         with contextlib.suppress(NotFound):  # gone already
             self._api.delete(plural, name, cur["metadata"]["resourceVersion"])
-        (self._drives if plural == DRIVES else self._volumes).forget(name, rv_of(cur))
+        (self._drives if plural == DRIVES else self._volumes).forget(name, cur["metadata"].get("uid", ""))
         return cur
 
     # ------------------------------------------------------------------ volumes
     def _existing(self, volume: Volume, obj: Obj) -> Volume:
         existing = volume_of(obj)
-        if existing.size == volume.size and existing.parameters == volume.parameters:
-            return existing
-        raise AlreadyExists(
-            f"volume {volume.name} exists with size {existing.size} and parameters {existing.parameters}, "
-            f"requested size {volume.size} and parameters {volume.parameters}",
-            "use another name, or repeat the original request",
-        )
+        check_same_request(volume.name, existing.size, existing.parameters, volume.size, volume.size,
+                           volume.parameters)
+        return existing
 
     def reserve_volume(self, volume: Volume, expected_drive_generation: Optional[int] = None) -> Volume:
         check_new_volume(volume)
-        if len(volume.name) > 1024:
-            raise InvalidArgument(f"volume name of {len(volume.name)} characters is too long", "use at most 1024")
         cached = self._volumes.get(object_name(volume.name))
         if cached is not None:
             return self._existing(volume, cached)
@@ -465,25 +477,16 @@ class KubeStore:
         # step 1: the ledger record on the drive, on the version the checks were made on
         def reserve(attempt: int) -> Tuple[Obj, int, str, bool]:
             cur = self._drive_obj(volume.drive_id, attempt)
-            if cur is None or not cur.get("status"):
-                raise Conflict(f"drive {volume.drive_id} is not registered", "pick another drive")
-            st = cur["status"]
+            st = (cur or {}).get("status") or {}
             ledger: Obj = dict(st.get("volumes") or {})
             rec = ledger.get(volume.name)
-            if rec is not None:  # an earlier attempt of this request got this far
-                if int(rec["size"]) == volume.size and dict(rec.get("parameters") or {}) == params:
-                    return cur, int(rec["projectID"]), str(rec.get("uid", "")), False
-                raise AlreadyExists(f"volume {volume.name} is being reserved on drive {volume.drive_id} with "
-                                    f"size {rec['size']}", "use another name, or repeat the original request")
-            d = drive_of(cur)
-            if d.status != DRIVE_READY or not d.schedulable:
-                raise Conflict(f"drive {d.drive_id} is {d.status}{'' if d.schedulable else ', cordoned'}",
-                               "pick another drive")
-            if expected_drive_generation is not None and (attempt > 0 or d.generation != expected_drive_generation):
-                raise Conflict(f"drive {d.drive_id} changed since it was read", "re-read and pick again")
-            if d.free < volume.size:
-                raise Conflict(f"drive {d.drive_id} has {d.free} bytes free, needs {volume.size}",
-                               "pick another drive")
+            if cur is not None and st and rec is not None:  # an earlier attempt of this request got this far
+                check_same_request(volume.name, int(rec["size"]), dict(rec.get("parameters") or {}), volume.size,
+                                   volume.size, params, f" (being reserved on drive {volume.drive_id})")
+                return cur, int(rec["projectID"]), str(rec.get("uid", "")), False
+            d = check_reservable(drive_of(cur) if cur is not None and st else None, volume.drive_id, volume.size,
+                                 expected_drive_generation, reread=attempt > 0)
+            assert cur is not None
             pid = smallest_unused(used_project_ids(st))
             uid = uuid.uuid4().hex
             ledger[volume.name] = {"size": volume.size, "projectID": pid, "reservedAt": time.time(),
@@ -560,8 +563,9 @@ class KubeStore:
             cur = self._volume_obj(name, attempt)
             if cur is None:
                 raise NotFound(f"volume {name} not found", "create it first")
-            if expected_generation is not None and (attempt > 0 or rv_of(cur) != expected_generation):
-                raise Conflict(f"volume {name} changed (generation {rv_of(cur)}, expected {expected_generation})",
+            if expected_generation is not None and (attempt > 0 or generation_of(cur) != expected_generation):
+                raise Conflict(f"volume {name} changed (generation {generation_of(cur)}, expected "
+                               f"{expected_generation})",
                                "re-read the volume and retry")
             if "labels" in changes or not status_changes:
                 spec = dict(cur["spec"])

@@ -29,31 +29,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from ..core.errors import FailedPrecondition, InvalidArgument, Unsupported, clip
+from ..core.errors import FailedPrecondition, InvalidArgument, Unsupported
 from ..core.models import Volume
-from ..core.validation import VOLUME_NAME_RE
+from ..core.validation import check_volume_name as _check_name
 from ..device import quota
 from ..device.format import fsync_dir, write_json_durably
 
 log = logging.getLogger("directpv_csi.node")
 
 DELETED_DIR = ".deleted"
-MAX_NAME_BYTES = 255
 META_DIR = ".directpv"
 VOLUME_META_DIR = ".directpv/volumes"  # agreed with the drive module: its wipe refuses a drive with files here
 VOLUME_META_FORMAT = 1
 
 
 def check_volume_name(name: str) -> None:
-    """A volume name is one path component that is not hidden: InvalidArgument otherwise."""
-    if not name:
-        raise InvalidArgument("volume id is missing", "give the volume id returned by CreateVolume")
-    if len(name.encode()) > MAX_NAME_BYTES or not VOLUME_NAME_RE.fullmatch(name):
-        raise InvalidArgument(
-            f"volume id {clip(name)!r} cannot name a directory on a drive",
-            "volume ids are one path component of letters, digits, '.', '_', '-' (not starting with '.'), "
-            "at most 255 bytes",
-        )
+    """A volume name is one path component that is not hidden: InvalidArgument otherwise. The one
+    volume-name rule (core/validation.py: at most 128 bytes of letters, digits, '.', '_', '-', not
+    starting with '.'), the one CreateVolume applied to every name it handed out."""
+    _check_name(name, "volume id")
 
 
 def volume_path(drive_mount: Path, name: str) -> Path:

@@ -16,6 +16,7 @@ from typing import Dict, Iterable, Optional, Protocol, Sequence
 
 from ..core.errors import InvalidArgument
 from ..core.models import DRIVE_STATUSES, VOLUME_STATUSES, Drive, Tombstone, Volume
+from ..core.validation import check_volume_name_length
 
 # What update_drive / update_volume may change (everything else is owned by the node or the reservation).
 DRIVE_OPERATOR_FIELDS = ("status", "schedulable", "access_tier", "labels", "message")
@@ -155,6 +156,7 @@ def check_drive_changes(drive_id: str, changes: Dict[str, object]) -> None:
 def check_new_volume(volume: Volume) -> None:
     if not volume.name:
         raise InvalidArgument("a volume needs a name", "pass the CSI volume name")
+    check_volume_name_length(volume.name)  # the one volume-name rule's limit (core/validation.py)
     if volume.size <= 0:
         raise InvalidArgument(f"volume {volume.name}: size {volume.size} must be positive",
                               "reserve at least one byte")

@@ -42,7 +42,8 @@ from ..core.errors import (
     NotFound,
     OutOfRange,
 )
-from ..core.models import DRIVE_READY, Drive, Tombstone, Volume
+from ..core.models import Drive, Tombstone, Volume
+from ..core.reservation import check_reservable, check_same_request, smallest_unused
 from .base import (
     check_drive_changes,
     check_new_drive,
@@ -157,17 +158,6 @@ def _tombstone_of(row: Sequence[Any]) -> Tombstone:
 
 def _new_uid() -> str:
     return uuid.uuid4().hex
-
-
-def _smallest_unused(used: Sequence[int]) -> int:
-    """Smallest integer > 0 not in ``used`` (sorted ascending)."""
-    want = 1
-    for pid in used:
-        if pid == want:
-            want += 1
-        elif pid > want:
-            break
-    return want
 
 
 class _Op:
@@ -467,26 +457,13 @@ class EmbeddedStore:
         def op(db: sqlite3.Connection, ov: Dict[str, Optional[Drive]]) -> Volume:
             existing = self._volume_row_of(db, volume.name)
             if existing is not None:
-                if existing.size == volume.size and existing.parameters == volume.parameters:
-                    return existing
-                raise AlreadyExists(
-                    f"volume {volume.name} exists with size {existing.size} and parameters "
-                    f"{existing.parameters}, requested size {volume.size} and parameters {volume.parameters}",
-                    "use another name, or repeat the original request",
-                )
-            drive = self._cur(ov, volume.drive_id)
-            if drive is None:
-                raise Conflict(f"drive {volume.drive_id} is not registered", "pick another drive")
-            if drive.status != DRIVE_READY or not drive.schedulable:
-                raise Conflict(f"drive {drive.drive_id} is {drive.status}"
-                               f"{'' if drive.schedulable else ', cordoned'}", "pick another drive")
-            if expected_drive_generation is not None and drive.generation != expected_drive_generation:
-                raise Conflict(f"drive {drive.drive_id} changed since it was read", "re-read and pick again")
-            if drive.free < volume.size:
-                raise Conflict(f"drive {drive.drive_id} has {drive.free} bytes free, needs {volume.size}",
-                               "pick another drive")
+                check_same_request(volume.name, existing.size, existing.parameters, volume.size, volume.size,
+                                   volume.parameters)
+                return existing
+            drive = check_reservable(self._cur(ov, volume.drive_id), volume.drive_id, volume.size,
+                                     expected_drive_generation)
             new = replace(
-                volume, node=drive.node, project_id=_smallest_unused(self._used_project_ids(db, drive.drive_id)),
+                volume, node=drive.node, project_id=smallest_unused(self._used_project_ids(db, drive.drive_id)),
                 generation=1, uid=_new_uid(),
                 created_at=volume.created_at or time.time(),
                 parameters=dict(volume.parameters), labels=dict(volume.labels),

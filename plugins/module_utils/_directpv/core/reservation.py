@@ -1,0 +1,1 @@
+../../../../driver/src/directpv_csi/core/reservation.py
