@@ -101,7 +101,6 @@ from .objects import (
     LABEL_DRIVE_NAME,
     LABEL_NODE,
     LABEL_TIER,
-    STATUS_WRITES,
     VERSION,
     VOLUMES,
     Obj,
@@ -109,7 +108,6 @@ from .objects import (
     drive_meta_labels,
     drive_of,
     drive_status_body,
-    generation_of,
     label_value,
     label_values,
     object_name,
@@ -257,26 +255,10 @@ class KubeStore:
         return obj
 
     def _write(self, plural: str, obj: Obj, status: bool = False) -> Obj:
-        """Replace ``obj`` (its metadata.resourceVersion is the precondition); 409 raises ApiConflict.
-        A status write bumps ``status.writes`` (the generation's part that status changes move)."""
-        if status:
-            obj = dict(obj, status=dict(obj["status"], **{STATUS_WRITES: self._status_writes(plural, obj) + 1}))
+        """Replace ``obj`` (its metadata.resourceVersion is the precondition); 409 raises ApiConflict."""
         out = self._api.replace(plural, obj["metadata"]["name"], obj, status=status)
         (self._drives if plural == DRIVES else self._volumes).apply(out)
         return out
-
-    def _status_writes(self, plural: str, obj: Obj) -> int:
-        """``status.writes`` of the version ``obj`` was made from (a new status body lacks it: the
-        cache's copy of that exact version has it, else the server's; another version -> 409)."""
-        if STATUS_WRITES in obj["status"]:
-            return int(obj["status"][STATUS_WRITES])
-        rv = rv_of(obj)
-        cur = (self._drives if plural == DRIVES else self._volumes).get(obj["metadata"]["name"])
-        if cur is None or rv_of(cur) != rv:
-            cur = self._api.get(plural, obj["metadata"]["name"])
-            if rv_of(cur) != rv:
-                raise ApiConflict(f"{plural} {obj['metadata']['name']} changed since it was read", "re-read it")
-        return int((cur.get("status") or {}).get(STATUS_WRITES) or 0)
 
     def _create(self, plural: str, obj: Obj) -> Obj:
         out = self._api.create(plural, obj)
@@ -417,8 +399,8 @@ class KubeStore:
             if cur is None or not cur.get("status"):
                 raise NotFound(f"drive {drive_id} not found", "list drives to see the known ids")
             before[0] = cur["status"].get("status")
-            if expected_generation is not None and (attempt > 0 or generation_of(cur) != expected_generation):
-                raise Conflict(f"drive {drive_id} changed (generation {generation_of(cur)}, expected "
+            if expected_generation is not None and (attempt > 0 or rv_of(cur) != expected_generation):
+                raise Conflict(f"drive {drive_id} changed (generation {rv_of(cur)}, expected "
                                f"{expected_generation})", "re-read the drive and retry")
             if spec_changes or not status_changes:
                 meta = dict(cur["metadata"])
@@ -457,7 +439,7 @@ class KubeStore:
         name = cur["metadata"]["name"]
         with contextlib.suppress(NotFound):  # gone already
             self._api.delete(plural, name, cur["metadata"]["resourceVersion"])
-        (self._drives if plural == DRIVES else self._volumes).forget(name, cur["metadata"].get("uid", ""))
+        (self._drives if plural == DRIVES else self._volumes).forget(name, rv_of(cur))
         return cur
 
     # ------------------------------------------------------------------ volumes
@@ -563,9 +545,8 @@ class KubeStore:
             cur = self._volume_obj(name, attempt)
             if cur is None:
                 raise NotFound(f"volume {name} not found", "create it first")
-            if expected_generation is not None and (attempt > 0 or generation_of(cur) != expected_generation):
-                raise Conflict(f"volume {name} changed (generation {generation_of(cur)}, expected "
-                               f"{expected_generation})",
+            if expected_generation is not None and (attempt > 0 or rv_of(cur) != expected_generation):
+                raise Conflict(f"volume {name} changed (generation {rv_of(cur)}, expected {expected_generation})",
                                "re-read the volume and retry")
             if "labels" in changes or not status_changes:
                 spec = dict(cur["spec"])
