@@ -4,12 +4,29 @@ re-LIST on 410 Gone (the loop is kube/watch.py); indexed; the kube store's reads
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, List, Optional, Set
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ..core.errors import FailedPrecondition, PermissionDenied
 from .errors import TRANSPORT_ERRORS, api_error
 from .objects import GROUP, Obj, resource_name, rv_of
 from .watch import Gone, ListWatch
+
+PENDING_MAX_S = 60.0  # a write whose own watch event never came (see Informer) stops holding events back
+SEEN_MAX = 16384  # (name, resourceVersion) pairs the watch delivered, remembered for read-your-writes
+
+
+@dataclass
+class _Pending:
+    """A write (or delete) of ours the watch has not announced yet: until it does, the watch's events
+    for that object are older than what the cache holds."""
+
+    rv: Optional[str]  # the resourceVersion our write returned; None: we deleted it
+    uid: str
+    seq: int  # local order of writes, against the start of a LIST
+    at: float
 
 
 class Informer:
@@ -18,7 +35,15 @@ class Informer:
     ``index`` maps an index name to a function giving an object's key in it. ``selector`` (a label
     selector, e.g. ``directpv.dev/node=n1``) limits the list, the watch and the cache to the objects
     it selects; ``in_scope`` says whether an object is one of them (objects a write or a GET
-    returns outside the scope are not cached: no watch would keep them fresh)."""
+    returns outside the scope are not cached: no watch would keep them fresh).
+
+    resourceVersions are opaque: compared for equality only, never ordered. Read-your-writes: an
+    object a write (or a GET) returned is cached at once and remembered as *pending* with its exact
+    resourceVersion; the watch delivers an object's events in order, so until it delivers that very
+    version (or, for a delete of ours, the DELETED event of that uid) its events for the object are
+    older and ignored. A version the watch already delivered is not pending (the cache holds it or
+    newer). A LIST (consistent read) settles every write made before it was sent; a pending entry
+    older than ``PENDING_MAX_S`` stops holding events back (a lost announcement cannot freeze it)."""
 
     def __init__(self, api: Any, plural: str, index: Dict[str, Callable[[Obj], str]], selector: str = "",
                  in_scope: Optional[Callable[[Obj], bool]] = None) -> None:
@@ -30,12 +55,16 @@ class Informer:
         self._lock = threading.Lock()
         self.items: Dict[str, Obj] = {}
         self.index: Dict[str, Dict[str, Set[str]]] = {k: {} for k in index}
-        self._tombstones: Dict[str, int] = {}  # deleted locally: ignore older events for them
+        self._pending: Dict[str, _Pending] = {}
+        self._seen: OrderedDict[Tuple[str, str], None] = OrderedDict()  # delivered by the watch/list
+        self._deleted_uids: OrderedDict[str, None] = OrderedDict()  # DELETED events delivered
+        self._seq = 0
+        self._list_fence = 0  # _seq when the current LIST was sent
         self._synced = threading.Event()
         self._lw = ListWatch(api, plural, self._on_list, self._on_event, label_selector=selector,
-                             name=f"informer-{plural}")
+                             name=f"informer-{plural}", on_list_start=self._on_list_start)
 
-    # -- cache mutation (caller holds no lock) --
+    # -- cache mutation (caller holds the lock) --
     def _unindex(self, name: str) -> None:
         old = self.items.pop(name, None)
         if old is None:
@@ -57,29 +86,54 @@ class Informer:
         for key, fn in self._index_fns.items():
             self.index[key].setdefault(fn(obj), set()).add(name)
 
+    def _mark_seen(self, name: str, rv: str) -> None:
+        self._seen[(name, rv)] = None
+        if len(self._seen) > SEEN_MAX:
+            self._seen.popitem(last=False)
+
+    def _hold(self, name: str, rv: Optional[str], uid: str) -> None:
+        self._seq += 1
+        self._pending[name] = _Pending(rv, uid, self._seq, time.monotonic())
+
     def apply(self, obj: Obj) -> None:
-        """An object as the API server returned or announced it: kept unless the cache holds newer."""
+        """An object a write or a GET returned: cached, and its watch event awaited (see the class)."""
         name = obj["metadata"]["name"]
         if self._in_scope is not None and not self._in_scope(obj):
-            self.forget(name, rv_of(obj))  # it left the scope (or never was in it)
+            self.forget(name, obj["metadata"].get("uid", ""))  # it left the scope (or never was in it)
             return
+        rv = rv_of(obj)
         with self._lock:
-            cur = self.items.get(name)
-            if cur is not None and rv_of(cur) >= rv_of(obj):
-                return
-            if name in self._tombstones and rv_of(obj) <= self._tombstones[name]:
-                return
-            self._tombstones.pop(name, None)
+            if (name, rv) in self._seen:
+                return  # announced already: the cache holds it or something newer
             self._put(obj)
+            self._hold(name, rv, "")
 
-    def forget(self, name: str, rv: int) -> None:
-        """``name`` is gone (deleted by us at or after ``rv``, or announced DELETED)."""
+    def forget(self, name: str, uid: str) -> None:
+        """We deleted ``name`` (object ``uid``), or it left our scope: gone until the watch says more."""
         with self._lock:
-            cur = self.items.get(name)
-            if cur is not None and rv_of(cur) > rv:
-                return  # re-created since
             self._unindex(name)
-            self._tombstones[name] = max(rv, self._tombstones.get(name, 0))
+            if uid and uid in self._deleted_uids:
+                self._pending.pop(name, None)  # its DELETED event came first
+                return
+            self._hold(name, None, uid)
+
+    def _awaiting(self, kind: str, obj: Obj) -> bool:
+        """Whether a write of ours to this object is still unannounced, so ``obj`` is older (lock held)."""
+        name = obj["metadata"]["name"]
+        p = self._pending.get(name)
+        if p is None:
+            return False
+        meta = obj["metadata"]
+        if p.rv is not None and p.rv == rv_of(obj):
+            del self._pending[name]  # our write's own event: from here on events are newer
+            return False
+        if p.rv is None and kind == "DELETED" and (not p.uid or p.uid == meta.get("uid")):
+            del self._pending[name]
+            return False
+        if time.monotonic() - p.at > PENDING_MAX_S:
+            del self._pending[name]
+            return False
+        return True
 
     def get(self, name: str) -> Optional[Obj]:
         with self._lock:
@@ -125,24 +179,51 @@ class Informer:
     def _list(self) -> str:
         return self._lw.list()
 
+    def _on_list_start(self) -> None:
+        with self._lock:
+            self._list_fence = self._seq
+
     def _on_list(self, items: List[Obj], rv: str) -> None:
         fresh = {o["metadata"]["name"]: o for o in items}
         with self._lock:
+            # writes made before the LIST was sent are in it (a LIST without resourceVersion is a
+            # consistent read); later ones stay pending unless the list shows their very version
+            pending = {}
+            for name, p in self._pending.items():
+                got = fresh.get(name)
+                if p.seq <= self._list_fence:
+                    continue
+                if p.rv is not None and got is not None and rv_of(got) == p.rv:
+                    continue
+                if p.rv is None and got is not None and got["metadata"].get("uid") != p.uid:
+                    continue  # created again after our delete
+                pending[name] = p
+            self._pending = pending
             for name in list(self.items):
-                if name not in fresh and rv_of(self.items[name]) <= int(rv):
+                if name not in fresh and name not in pending:
                     self._unindex(name)
-            for obj in fresh.values():
-                cur = self.items.get(obj["metadata"]["name"])
-                if cur is None or rv_of(cur) < rv_of(obj):
+            for name, obj in fresh.items():
+                self._mark_seen(name, rv_of(obj))
+                if name not in pending:
                     self._put(obj)
-            self._tombstones = {k: v for k, v in self._tombstones.items() if v > int(rv)}
         self._synced.set()
 
     def _on_event(self, kind: str, obj: Obj) -> None:
-        if kind in ("ADDED", "MODIFIED"):
-            self.apply(obj)
-        elif kind == "DELETED":
-            self.forget(obj["metadata"]["name"], rv_of(obj))
+        name = obj["metadata"]["name"]
+        with self._lock:
+            self._mark_seen(name, rv_of(obj))
+            if kind == "DELETED":
+                uid = obj["metadata"].get("uid", "")
+                if uid:
+                    self._deleted_uids[uid] = None
+                    if len(self._deleted_uids) > SEEN_MAX:
+                        self._deleted_uids.popitem(last=False)
+            if kind not in ("ADDED", "MODIFIED", "DELETED") or self._awaiting(kind, obj):
+                return
+            if kind == "DELETED" or (self._in_scope is not None and not self._in_scope(obj)):
+                self._unindex(name)
+            else:
+                self._put(obj)
 
     def watch_from(self, rv: str, timeout_s: int = 30) -> Optional[str]:
         """Apply events from ``rv`` until the server ends the watch: the last resourceVersion seen,

@@ -30,8 +30,19 @@ Obj = Dict[str, Any]
 # --- conversions --------------------------------------------------------------------------
 
 
-def rv_of(obj: Obj) -> int:
-    return int(obj["metadata"]["resourceVersion"])
+def rv_of(obj: Obj) -> str:
+    """The object's resourceVersion: opaque, compared for equality only (never ordered or parsed)."""
+    return str(obj["metadata"]["resourceVersion"])
+
+
+STATUS_WRITES = "writes"  # status.writes: the store's count of status writes to the object
+
+
+def generation_of(obj: Obj) -> int:
+    """The record's generation: ``metadata.generation`` (the API server bumps it on every spec
+    change) plus ``status.writes`` (the store bumps it on every status write): grows on every
+    change the store makes, and never comes from the opaque resourceVersion."""
+    return int(obj["metadata"].get("generation") or 0) + int((obj.get("status") or {}).get(STATUS_WRITES) or 0)
 
 
 def label_value(value: str) -> Optional[str]:
@@ -70,7 +81,7 @@ def drive_of(obj: Obj) -> Drive:
         volume_count=len(ledger), status=st.get("status", DRIVE_READY), schedulable=bool(spec.get("schedulable", True)),
         access_tier=spec.get("accessTier", "Default"), make=st.get("make", ""), mountpoint=st.get("mountpoint", ""),
         message=st.get("message", ""), labels=dict(spec.get("labels") or {}), topology=dict(st.get("topology") or {}),
-        generation=rv_of(obj),
+        generation=generation_of(obj),
     )
 
 
@@ -83,7 +94,8 @@ def volume_of(obj: Obj) -> Volume:
         project_id=int(spec["projectID"]), status=st.get("status", VOLUME_PENDING),
         parameters=dict(spec.get("parameters") or {}), staging_path=st.get("stagingPath", ""),
         target_paths=tuple(st.get("targetPaths") or ()), read_only_targets=tuple(st.get("readOnlyTargets") or ()),
-        labels=dict(spec.get("labels") or {}), created_at=float(spec.get("createdAt", 0.0)), generation=rv_of(obj),
+        labels=dict(spec.get("labels") or {}), created_at=float(spec.get("createdAt", 0.0)),
+        generation=generation_of(obj),
         uid=str(spec.get("uid") or obj["metadata"].get("uid", "")),  # objects made before uids: the object's
     )
 

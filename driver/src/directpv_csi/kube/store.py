@@ -19,11 +19,13 @@ Objects (CRDs in deploy/crds/, all cluster-scoped, version v1beta1)
 Reads: a watch-backed cache per kind (informer-style: LIST, then WATCH from its
 resourceVersion, re-LIST on 410 Gone), indexed by node and by drive. get_*/list_* never call
 the API. Every write goes to the API server and its answer is applied to the cache at once
-(read-your-writes); watch events older than what the cache holds are ignored.
+(read-your-writes); watch events older than what the cache holds are ignored (resourceVersions
+are opaque: kube/informer.py waits for the exact version a write returned).
 
-Generations: ``generation`` is the object's resourceVersion read as an integer (etcd's
-revision, monotonic). A write that names an expected generation carries it as the
-resourceVersion precondition, so the API server itself answers 409 when it is stale.
+Generations: ``generation`` is ``metadata.generation`` (spec changes, the API server's) plus
+``status.writes`` (every status write of the store bumps it); never the resourceVersion. A write
+that names an expected generation is checked against the object read and sent with that
+object's resourceVersion as precondition, so the API server itself answers 409 when it is stale.
 
 reserve_volume (never over-commits, crash consistent)
   1. Add the volume's record to the drive's ``status.volumes`` with ``replace_status`` carrying
@@ -101,6 +103,7 @@ from .objects import (
     LABEL_DRIVE_NAME,
     LABEL_NODE,
     LABEL_TIER,
+    STATUS_WRITES,
     VERSION,
     VOLUMES,
     Obj,
@@ -108,6 +111,7 @@ from .objects import (
     drive_meta_labels,
     drive_of,
     drive_status_body,
+    generation_of,
     label_value,
     label_values,
     object_name,
@@ -255,10 +259,26 @@ class KubeStore:
         return obj
 
     def _write(self, plural: str, obj: Obj, status: bool = False) -> Obj:
-        """Replace ``obj`` (its metadata.resourceVersion is the precondition); 409 raises ApiConflict."""
+        """Replace ``obj`` (its metadata.resourceVersion is the precondition); 409 raises ApiConflict.
+        A status write bumps ``status.writes`` (the generation's part that status changes move)."""
+        if status:
+            obj = dict(obj, status=dict(obj["status"], **{STATUS_WRITES: self._status_writes(plural, obj) + 1}))
         out = self._api.replace(plural, obj["metadata"]["name"], obj, status=status)
         (self._drives if plural == DRIVES else self._volumes).apply(out)
         return out
+
+    def _status_writes(self, plural: str, obj: Obj) -> int:
+        """``status.writes`` of the version ``obj`` was made from (a new status body lacks it: the
+        cache's copy of that exact version has it, else the server's; another version -> 409)."""
+        if STATUS_WRITES in obj["status"]:
+            return int(obj["status"][STATUS_WRITES])
+        rv = rv_of(obj)
+        cur = (self._drives if plural == DRIVES else self._volumes).get(obj["metadata"]["name"])
+        if cur is None or rv_of(cur) != rv:
+            cur = self._api.get(plural, obj["metadata"]["name"])
+            if rv_of(cur) != rv:
+                raise ApiConflict(f"{plural} {obj['metadata']['name']} changed since it was read", "re-read it")
+        return int((cur.get("status") or {}).get(STATUS_WRITES) or 0)
 
     def _create(self, plural: str, obj: Obj) -> Obj:
         out = self._api.create(plural, obj)
@@ -399,8 +419,8 @@ class KubeStore:
             if cur is None or not cur.get("status"):
                 raise NotFound(f"drive {drive_id} not found", "list drives to see the known ids")
             before[0] = cur["status"].get("status")
-            if expected_generation is not None and (attempt > 0 or rv_of(cur) != expected_generation):
-                raise Conflict(f"drive {drive_id} changed (generation {rv_of(cur)}, expected "
+            if expected_generation is not None and (attempt > 0 or generation_of(cur) != expected_generation):
+                raise Conflict(f"drive {drive_id} changed (generation {generation_of(cur)}, expected "
                                f"{expected_generation})", "re-read the drive and retry")
             if spec_changes or not status_changes:
                 meta = dict(cur["metadata"])
@@ -439,7 +459,7 @@ class KubeStore:
         name = cur["metadata"]["name"]
         with contextlib.suppress(NotFound):  # gone already
             self._api.delete(plural, name, cur["metadata"]["resourceVersion"])
-        (self._drives if plural == DRIVES else self._volumes).forget(name, rv_of(cur))
+        (self._drives if plural == DRIVES else self._volumes).forget(name, cur["metadata"].get("uid", ""))
         return cur
 
     # ------------------------------------------------------------------ volumes
@@ -545,8 +565,9 @@ class KubeStore:
             cur = self._volume_obj(name, attempt)
             if cur is None:
                 raise NotFound(f"volume {name} not found", "create it first")
-            if expected_generation is not None and (attempt > 0 or rv_of(cur) != expected_generation):
-                raise Conflict(f"volume {name} changed (generation {rv_of(cur)}, expected {expected_generation})",
+            if expected_generation is not None and (attempt > 0 or generation_of(cur) != expected_generation):
+                raise Conflict(f"volume {name} changed (generation {generation_of(cur)}, expected "
+                               f"{expected_generation})",
                                "re-read the volume and retry")
             if "labels" in changes or not status_changes:
                 spec = dict(cur["spec"])

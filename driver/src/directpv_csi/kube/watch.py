@@ -40,11 +40,13 @@ class ListWatch:
     def __init__(self, api: Any, plural: str, on_list: Callable[[List[Obj], str], None],
                  on_event: Callable[[str, Obj], None], *, label_selector: str = "", field_selector: str = "",
                  watch_timeout_s: int = 30, request_timeout_s: Optional[float] = None,
-                 min_backoff_s: float = 0.5, max_backoff_s: float = 5.0, name: str = "") -> None:
+                 min_backoff_s: float = 0.5, max_backoff_s: float = 5.0, name: str = "",
+                 on_list_start: Optional[Callable[[], None]] = None) -> None:
         self._api = api  # CustomObjectsApi on a connection pool the owner may clear to end a read
         self.plural = plural
         self._on_list = on_list
         self._on_event = on_event
+        self._on_list_start = on_list_start  # called just before each LIST is sent (the informer's fence)
         self.label_selector = label_selector
         self.field_selector = field_selector
         self.watch_timeout_s = watch_timeout_s
@@ -76,6 +78,8 @@ class ListWatch:
         kwargs: Dict[str, Any] = self._selectors()
         if self.request_timeout_s is not None:
             kwargs["_request_timeout"] = self.request_timeout_s
+        if self._on_list_start is not None:
+            self._on_list_start()
         lst = self._api.list_cluster_custom_object(GROUP, VERSION, self.plural, **kwargs)
         rv = str(lst["metadata"]["resourceVersion"])
         self._on_list(list(lst.get("items") or []), rv)
