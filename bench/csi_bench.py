@@ -42,7 +42,7 @@ from directpv_csi.store.embedded import EmbeddedStore  # noqa: E402
 GiB = 1024**3
 MiB = 1024**2
 CAP = pb.VolumeCapability(mount=pb.VolumeCapability.MountVolume(fs_type="xfs"),
-                          access_mode=pb.VolumeCapability.AccessMode(mode=1))
+                          access_mode=pb.VolumeCapability.AccessMode(mode=pb.VolumeCapability.AccessMode.SINGLE_NODE_WRITER))
 
 
 def pct(values: Sequence[float], p: float) -> float:

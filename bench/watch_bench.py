@@ -160,7 +160,7 @@ def main() -> int:
         for s in stores:
             s.close()
         if cp is not None:
-            cp.api_client.close()
+            cp.api_client.close()  # type: ignore[no-untyped-call]  # the kubernetes client leaves it unannotated
             shutdown(cp.procs)
         shutil.rmtree(work, ignore_errors=True)
 

@@ -80,7 +80,7 @@ def _walk(node: ast.AST, scope: List[str], where: str, out: List[Tuple[str, str,
             continue
         what = _what(child)
         if what:
-            out.append((".".join(scope), what, f"{where}:{child.lineno}"))
+            out.append((".".join(scope), what, f"{where}:{child.lineno}"))  # type: ignore[attr-defined]  # _what matched a call: it has one
         _walk(child, scope, where, out)
 
 

@@ -354,8 +354,8 @@ def absent(module: Any) -> Dict[str, Any]:
     if drive is None:
         if dev.drive_kind == KIND_DIRECTPV:
             c = dev.contents
-            held = f"{c.volume_dirs} volume director(ies), {format_size(c.used_bytes)} in use" if c else "?"
-            what = f"{dev.dev_path} is a MinIO DirectPV drive ({held}), not one of ours"
+            usage = f"{c.volume_dirs} volume director(ies), {format_size(c.used_bytes)} in use" if c else "?"
+            what = f"{dev.dev_path} is a MinIO DirectPV drive ({usage}), not one of ours"
             if p["wipe"]:
                 raise FailedPrecondition(
                     f"refusing to wipe {what}",

@@ -12,7 +12,7 @@ import re
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import pytest
 import yaml
@@ -83,7 +83,7 @@ def test_done_when_three_hosts_one_drive_each(
         subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
 
 
-def _per_host_drive(run: Run) -> Dict[str, Dict[str, object]]:
+def _per_host_drive(run: Run) -> Dict[str, Dict[str, Any]]:
     res = run.results("Format or adopt each selected drive")
     return {h: r["results"][0] for h, r in res.items()}
 
@@ -137,7 +137,7 @@ def test_select_by_id_path(
 
 
 # host -> (its variables, the text of its drives.yaml or None, what its failure must say)
-BAD = {
+BAD: Dict[str, Tuple[Dict[str, Any], Optional[str], str]] = {
     "unknown-device": (
         {"directpv_drives": ["nvme9n9"]},
         None,

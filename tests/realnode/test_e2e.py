@@ -108,7 +108,7 @@ def _csinode_drivers(storage: k8s.StorageV1Api) -> List[Dict[str, Any]]:
     """The node's CSINode drivers, read raw (the client's model refuses ``drivers: null``)."""
     import json
 
-    resp = storage.read_csi_node(NODE_NAME, _preload_content=False)
+    resp: Any = storage.read_csi_node(NODE_NAME, _preload_content=False)  # the raw HTTP response, not the model
     return list(json.loads(resp.data)["spec"].get("drivers") or [])
 
 
@@ -294,7 +294,7 @@ def test_the_whole_product_on_a_real_node(
     wait_for("drives with nothing allocated", space_returned, 60)
     show(api, "PVCs deleted: volumes gone, space returned")
     for d in dirs.values():
-        wait_for(f"{d} removed from its drive", lambda d=d: not d.exists(), 60)
+        wait_for(f"{d} removed from its drive", lambda d=d: not d.exists(), 60)  # type: ignore[misc]  # lambda default
 
     # 10. Uninstall: everything but the CRDs; the kubelet forgets the driver when its socket goes.
     removed = playbook("uninstall.yml", inv_uninstall)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict
 
 import pytest
 from directpv_csi.core.models import DRIVE_LOST, Drive
@@ -53,7 +53,7 @@ def test_ties_break_on_drive_id_deterministically() -> None:
 
 
 def test_every_refused_drive_has_its_reason() -> None:
-    ok = {"access_tier": "Cold", "labels": {"rack": "r1"}}
+    ok: Dict[str, Any] = {"access_tier": "Cold", "labels": {"rack": "r1"}}
     drives = [
         d("full", total=GiB, allocated=GiB - 100 * MiB, **ok),
         d("cordoned", schedulable=False, **ok),

@@ -32,7 +32,9 @@ GiB = 1024**3
 MiB = 1024**2
 
 
-def mount_cap(mode: int = pb.VolumeCapability.AccessMode.SINGLE_NODE_WRITER, fs_type: str = "") -> Any:
+def mount_cap(
+    mode: pb.VolumeCapability.AccessMode.Mode = pb.VolumeCapability.AccessMode.SINGLE_NODE_WRITER, fs_type: str = ""
+) -> Any:
     return pb.VolumeCapability(
         mount=pb.VolumeCapability.MountVolume(fs_type=fs_type), access_mode=pb.VolumeCapability.AccessMode(mode=mode)
     )
@@ -40,7 +42,8 @@ def mount_cap(mode: int = pb.VolumeCapability.AccessMode.SINGLE_NODE_WRITER, fs_
 
 def block_cap() -> Any:
     return pb.VolumeCapability(
-        block=pb.VolumeCapability.BlockVolume(), access_mode=pb.VolumeCapability.AccessMode(mode=1)
+        block=pb.VolumeCapability.BlockVolume(),
+        access_mode=pb.VolumeCapability.AccessMode(mode=pb.VolumeCapability.AccessMode.SINGLE_NODE_WRITER),
     )
 
 
@@ -172,7 +175,7 @@ class Standalone(DriverProcess):
                 args += ["--kubelet-dir", str(kubelet_dir)]
         super().__init__("standalone", state_dir / "csi.sock", [*args, *extra], log=state_dir / "standalone.log")
 
-    def start(self, timeout: float = 30.0) -> Standalone:  # type: ignore[override]
+    def start(self, timeout: float = 30.0) -> Standalone:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         super().start()
         self.wait_ready(timeout)
@@ -205,4 +208,4 @@ def format_loop_drive(dev: str) -> str:
     from directpv_csi.device.format import format_drive
 
     res = format_drive(dev, allow_loop=True, min_size=300 * MiB)
-    return str(res.drive_id)  # type: ignore[union-attr]
+    return str(res.drive_id)

@@ -142,7 +142,7 @@ def test_create_volume_incompatible_is_already_exists(csi: Csi, change: dict[str
     (create_req("v", caps=[mount_cap(Mode.MULTI_NODE_MULTI_WRITER)]), INVALID),
     (create_req("v", caps=[mount_cap(Mode.MULTI_NODE_READER_ONLY)]), INVALID),
     (create_req("v", caps=[mount_cap(Mode.UNKNOWN)]), INVALID),
-    (create_req("v", caps=[pb.VolumeCapability(access_mode=Mode(mode=1))]), INVALID),
+    (create_req("v", caps=[pb.VolumeCapability(access_mode=Mode(mode=Mode.SINGLE_NODE_WRITER))]), INVALID),
     (create_req("v", 2 * GiB, limit=GiB), grpc.StatusCode.OUT_OF_RANGE),
     (create_req("v", -1), INVALID),
     (create_req("v", params={"directpv.dev/placement": "random"}), INVALID),
@@ -162,7 +162,7 @@ def test_create_volume_bad_input(csi: Csi, request_: Any, code: grpc.StatusCode)
 
 @pytest.mark.parametrize("mode", [Mode.SINGLE_NODE_WRITER, Mode.SINGLE_NODE_READER_ONLY,
                                   Mode.SINGLE_NODE_SINGLE_WRITER, Mode.SINGLE_NODE_MULTI_WRITER])
-def test_create_volume_single_node_modes(csi: Csi, mode: int) -> None:
+def test_create_volume_single_node_modes(csi: Csi, mode: pb.VolumeCapability.AccessMode.Mode) -> None:
     csi.add_drive("d1")
     assert csi.controller.CreateVolume(create_req("v", caps=[mount_cap(mode, "xfs")])).volume.volume_id == "v"
 

@@ -190,8 +190,8 @@ def test_kill9_during_stage_storm(loopdev: Callable[..., str], short_dir: Path) 
             for name in names:
                 bring_up(ch, name, write=False)
             for name, data in written.items():
-                with open(os.path.join(paths(name)[1], "data"), "rb") as f:
-                    assert f.read() == data, f"data of {name} changed across the crash"
+                with open(os.path.join(paths(name)[1], "data"), "rb") as fh:
+                    assert fh.read() == data, f"data of {name} changed across the crash"
             node, ctrl = pbg.NodeStub(ch), pbg.ControllerStub(ch)
             for name in names:
                 staging, target = paths(name)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Tuple
 
@@ -38,28 +39,28 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 METADATA_LIMIT = 8192
 
 
-def cap(mode: int = SNW) -> csi_pb2.VolumeCapability:
+def cap(mode: csi_pb2.VolumeCapability.AccessMode.Mode = SNW) -> csi_pb2.VolumeCapability:
     return csi_pb2.VolumeCapability(mount=csi_pb2.VolumeCapability.MountVolume(fs_type="xfs"),
                                     access_mode=csi_pb2.VolumeCapability.AccessMode(mode=mode))
 
 
 def stage(s: NodeServer, vid: str, staging: str) -> Any:
-    return s.stub.NodeStageVolume(  # type: ignore[attr-defined]
+    return s.stub.NodeStageVolume(
         csi_pb2.NodeStageVolumeRequest(volume_id=vid, staging_target_path=staging, volume_capability=cap()))
 
 
 def publish(s: NodeServer, vid: str, staging: str, target: str, timeout: float = 30) -> Any:
-    return s.stub.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(  # type: ignore[attr-defined]
+    return s.stub.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(
         volume_id=vid, staging_target_path=staging, target_path=target, volume_capability=cap()), timeout=timeout)
 
 
 def unpublish(s: NodeServer, vid: str, target: str) -> Any:
-    return s.stub.NodeUnpublishVolume(  # type: ignore[attr-defined]
+    return s.stub.NodeUnpublishVolume(
         csi_pb2.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target))
 
 
 def unstage(s: NodeServer, vid: str, staging: str) -> Any:
-    return s.stub.NodeUnstageVolume(  # type: ignore[attr-defined]
+    return s.stub.NodeUnstageVolume(
         csi_pb2.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=staging))
 
 
@@ -260,8 +261,9 @@ def test_flipping_a_target_parent_to_a_symlink_never_escapes(srv: NodeServer, tm
         i = 0
         while time.monotonic() < deadline:
             t = str(parent / f"t{i % 4}")
-            for call in (lambda t=t: publish(srv, "pvc-race", staging, t, timeout=10),  # type: ignore[misc]
-                         lambda t=t: unpublish(srv, "pvc-race", t)):  # type: ignore[misc]
+            calls: Tuple[Callable[[], object], ...] = (partial(publish, srv, "pvc-race", staging, t, timeout=10),
+                                                       partial(unpublish, srv, "pvc-race", t))
+            for call in calls:
                 try:
                     call()
                     outcomes["OK"] = outcomes.get("OK", 0) + 1
@@ -294,7 +296,7 @@ BIG = "x" * 10_000
 def _node_cases(srv: NodeServer, staging: str, target: str) -> List[Tuple[str, grpc.StatusCode, Callable[[], Any]]]:
     st: Any = srv.stub
     bad_mode = csi_pb2.VolumeCapability(mount=csi_pb2.VolumeCapability.MountVolume(),
-                                        access_mode=csi_pb2.VolumeCapability.AccessMode(mode=77))
+                                        access_mode=csi_pb2.VolumeCapability.AccessMode(mode=77))  # type: ignore[arg-type]  # not a Mode, on purpose
     long_component = str(srv.kubelet / "pods" / ("c" * 300))
     long_path = str(srv.kubelet) + ("/d" * 2100)
     nf = grpc.StatusCode.NOT_FOUND
@@ -335,7 +337,7 @@ def test_every_controller_input_class_gets_its_code(csi: Any) -> None:
     csi.add_drive("d1")
     c = csi.controller
     bad_mode = csi_pb2.VolumeCapability(mount=csi_pb2.VolumeCapability.MountVolume(),
-                                        access_mode=csi_pb2.VolumeCapability.AccessMode(mode=77))
+                                        access_mode=csi_pb2.VolumeCapability.AccessMode(mode=77))  # type: ignore[arg-type]  # not a Mode, on purpose
     many = {f"k{i}": "v" for i in range(200)}
     cases: List[Tuple[str, grpc.StatusCode, Callable[[], Any]]] = [
         ("name with trailing newline", INVALID, lambda: c.CreateVolume(create_req("pvc-nl\n"))),

@@ -26,7 +26,9 @@ SNW = csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_WRITER
 RO_MODE = csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_READER_ONLY
 
 
-def cap(mode: int = SNW, fs_type: str = "xfs", flags: tuple[str, ...] = ()) -> csi_pb2.VolumeCapability:
+def cap(
+    mode: csi_pb2.VolumeCapability.AccessMode.Mode = SNW, fs_type: str = "xfs", flags: tuple[str, ...] = ()
+) -> csi_pb2.VolumeCapability:
     return csi_pb2.VolumeCapability(
         mount=csi_pb2.VolumeCapability.MountVolume(fs_type=fs_type, mount_flags=list(flags)),
         access_mode=csi_pb2.VolumeCapability.AccessMode(mode=mode),
@@ -34,36 +36,36 @@ def cap(mode: int = SNW, fs_type: str = "xfs", flags: tuple[str, ...] = ()) -> c
 
 
 def stage(s: NodeServer, vid: str, staging: str, c: csi_pb2.VolumeCapability | None = None) -> Any:
-    return s.stub.NodeStageVolume(  # type: ignore[attr-defined]
+    return s.stub.NodeStageVolume(
         csi_pb2.NodeStageVolumeRequest(volume_id=vid, staging_target_path=staging, volume_capability=c or cap()))
 
 
 def publish(s: NodeServer, vid: str, staging: str, target: str, readonly: bool = False,
             c: csi_pb2.VolumeCapability | None = None) -> Any:
-    return s.stub.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(  # type: ignore[attr-defined]
+    return s.stub.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(
         volume_id=vid, staging_target_path=staging, target_path=target, volume_capability=c or cap(),
         readonly=readonly))
 
 
 def unpublish(s: NodeServer, vid: str, target: str) -> Any:
-    return s.stub.NodeUnpublishVolume(  # type: ignore[attr-defined]
+    return s.stub.NodeUnpublishVolume(
         csi_pb2.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target))
 
 
 def unstage(s: NodeServer, vid: str, staging: str) -> Any:
-    return s.stub.NodeUnstageVolume(  # type: ignore[attr-defined]
+    return s.stub.NodeUnstageVolume(
         csi_pb2.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=staging))
 
 
 def stats(s: NodeServer, vid: str, path: str) -> Any:
-    return s.stub.NodeGetVolumeStats(  # type: ignore[attr-defined]
+    return s.stub.NodeGetVolumeStats(
         csi_pb2.NodeGetVolumeStatsRequest(volume_id=vid, volume_path=path))
 
 
 def code_of(fn: Callable[[], Any]) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as info:
         fn()
-    return info.value.code()  # type: ignore[no-any-return]
+    return info.value.code()
 
 
 def mounts_under(root: Path) -> list[str]:
@@ -78,11 +80,11 @@ def srv(node_server: NodeServer) -> Iterator[NodeServer]:
 
 
 def test_capabilities_and_info(srv: NodeServer) -> None:
-    caps = srv.stub.NodeGetCapabilities(csi_pb2.NodeGetCapabilitiesRequest())  # type: ignore[attr-defined]
+    caps = srv.stub.NodeGetCapabilities(csi_pb2.NodeGetCapabilitiesRequest())
     types = {c.rpc.type for c in caps.capabilities}
     R = csi_pb2.NodeServiceCapability.RPC
     assert {R.STAGE_UNSTAGE_VOLUME, R.EXPAND_VOLUME, R.GET_VOLUME_STATS, R.VOLUME_CONDITION} <= types
-    info = srv.stub.NodeGetInfo(csi_pb2.NodeGetInfoRequest())  # type: ignore[attr-defined]
+    info = srv.stub.NodeGetInfo(csi_pb2.NodeGetInfoRequest())
     assert info.node_id == "node-a"
     assert dict(info.accessible_topology.segments) == {"directpv.dev/node": "node-a"}
     assert info.max_volumes_per_node == 0
@@ -98,13 +100,13 @@ def test_stage_publish_round_trip_keeps_data(srv: NodeServer) -> None:
     assert mp is not None and (mp / "pvc-1").is_dir()
     assert m.is_mountpoint(staging)
     publish(srv, "pvc-1", staging, target)
-    assert srv.store.get_volume("pvc-1").target_paths == (target,)  # type: ignore[union-attr]
+    assert srv.store.get_volume("pvc-1").target_paths == (target,)
     Path(target, "hello.txt").write_text("written through the target")
     # the data really is in the volume directory on the drive
     assert (mp / "pvc-1" / "hello.txt").read_text() == "written through the target"
     unpublish(srv, "pvc-1", target)
     assert not os.path.exists(target)  # the SP removes the target it created
-    assert srv.store.get_volume("pvc-1").target_paths == ()  # type: ignore[union-attr]
+    assert srv.store.get_volume("pvc-1").target_paths == ()
     unstage(srv, "pvc-1", staging)
     assert not m.is_mountpoint(staging) and os.path.isdir(staging)
     vol = srv.store.get_volume("pvc-1")
@@ -131,7 +133,7 @@ def test_read_only_publish_is_really_read_only(srv: NodeServer) -> None:
     with pytest.raises(OSError) as e:
         Path(ro, "g").write_text("nope")
     assert e.value.errno == errno.EROFS
-    assert srv.store.get_volume("pvc-ro").read_only_targets == (ro,)  # type: ignore[union-attr]
+    assert srv.store.get_volume("pvc-ro").read_only_targets == (ro,)
     # a SINGLE_NODE_READER_ONLY capability also publishes read-only
     publish(srv, "pvc-ro", staging, ro_mode, c=cap(RO_MODE))
     with pytest.raises(OSError) as e:
@@ -148,13 +150,13 @@ def test_every_call_is_idempotent(srv: NodeServer) -> None:
     staging, target = srv.staging("pvc-idem"), srv.target("pvc-idem")
     for _ in range(3):
         stage(srv, "pvc-idem", staging)
-    gen = srv.store.get_volume("pvc-idem").generation  # type: ignore[union-attr]
+    gen = srv.store.get_volume("pvc-idem").generation
     stage(srv, "pvc-idem", staging)
-    assert srv.store.get_volume("pvc-idem").generation == gen  # type: ignore[union-attr] - no write on a repeat
+    assert srv.store.get_volume("pvc-idem").generation == gen  # no write on a repeat
     for _ in range(3):
         publish(srv, "pvc-idem", staging, target)
     assert mounts_under(srv.kubelet) == sorted([staging, target])  # no stacked mounts
-    assert srv.store.get_volume("pvc-idem").target_paths == (target,)  # type: ignore[union-attr]
+    assert srv.store.get_volume("pvc-idem").target_paths == (target,)
     for _ in range(3):
         unpublish(srv, "pvc-idem", target)
     for _ in range(3):
@@ -241,7 +243,7 @@ def test_missing_fields_are_invalid(srv: NodeServer) -> None:
     ]
     for i, call in enumerate(calls):
         assert code_of(call) == invalid, f"call #{i}"
-    assert srv.store.get_volume("pvc-f").status == VOLUME_PENDING  # type: ignore[union-attr]
+    assert srv.store.get_volume("pvc-f").status == VOLUME_PENDING
     assert mounts_under(srv.kubelet) == []
 
 
@@ -251,7 +253,7 @@ def test_unknown_volume(srv: NodeServer) -> None:
     assert code_of(lambda: stage(srv, "nope", staging)) == N
     assert code_of(lambda: publish(srv, "nope", staging, target)) == N
     assert code_of(lambda: stats(srv, "nope", "some/path")) == N
-    assert code_of(lambda: srv.stub.NodeExpandVolume(  # type: ignore[attr-defined]
+    assert code_of(lambda: srv.stub.NodeExpandVolume(
         csi_pb2.NodeExpandVolumeRequest(volume_id="nope", volume_path="some/path"))) == N
     # tearing down what is already gone succeeds
     unpublish(srv, "nope", target)
@@ -272,7 +274,7 @@ def test_publish_unstaged_is_failed_precondition(srv: NodeServer) -> None:
     srv.volume("pvc-u")
     staging, target = srv.staging("pvc-u"), srv.target("pvc-u")
     assert code_of(lambda: publish(srv, "pvc-u", staging, target)) == grpc.StatusCode.FAILED_PRECONDITION
-    assert code_of(lambda: srv.stub.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(  # type: ignore[attr-defined]
+    assert code_of(lambda: srv.stub.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(
         volume_id="pvc-u", target_path=target, volume_capability=cap()))) == grpc.StatusCode.FAILED_PRECONDITION
     assert not os.path.exists(target)
 
@@ -380,14 +382,14 @@ def test_expand_follows_the_reservation(srv: NodeServer) -> None:
     publish(srv, "pvc-e", staging, target)
 
     def expand(required: int) -> Any:
-        return srv.stub.NodeExpandVolume(csi_pb2.NodeExpandVolumeRequest(  # type: ignore[attr-defined]
+        return srv.stub.NodeExpandVolume(csi_pb2.NodeExpandVolumeRequest(
             volume_id="pvc-e", volume_path=target, capacity_range=csi_pb2.CapacityRange(required_bytes=required)))
 
     assert code_of(lambda: expand(128 * 2**20)) == grpc.StatusCode.OUT_OF_RANGE  # not reserved yet
     srv.store.expand_volume("pvc-e", 128 * 2**20)  # what ControllerExpandVolume does
     assert expand(128 * 2**20).capacity_bytes == 128 * 2**20
     assert expand(128 * 2**20).capacity_bytes == 128 * 2**20  # idempotent
-    assert code_of(lambda: srv.stub.NodeExpandVolume(csi_pb2.NodeExpandVolumeRequest(  # type: ignore[attr-defined]
+    assert code_of(lambda: srv.stub.NodeExpandVolume(csi_pb2.NodeExpandVolumeRequest(
         volume_id="pvc-e", volume_path=srv.target("pvc-e", "else")))) == grpc.StatusCode.NOT_FOUND
     unpublish(srv, "pvc-e", target)
     unstage(srv, "pvc-e", staging)
@@ -510,14 +512,14 @@ def test_concurrent_calls(srv: NodeServer) -> None:
     assert mp is not None
     for n in names:  # no cross-talk: each target shows its own volume directory
         assert (mp / n / "id").read_text() == n
-        assert srv.store.get_volume(n).target_paths == (paths[n][1],)  # type: ignore[union-attr]
+        assert srv.store.get_volume(n).target_paths == (paths[n][1],)
 
     def race(_: int) -> str:
         try:
             stage(srv, "pvc-race", paths["pvc-race"][0])
             return "OK"
         except grpc.RpcError as e:
-            return e.code().name
+            return str(e.code().name)
 
     srv.volume("pvc-race", size=2**20)
     paths["pvc-race"] = (srv.staging("pvc-race"), srv.target("pvc-race"))

@@ -43,16 +43,16 @@ def _cap() -> csi_pb2.VolumeCapability:
 
 def _up(s: NodeServer, name: str) -> tuple[str, str]:
     staging, target = s.staging(name), s.target(name)
-    s.stub.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(  # type: ignore[attr-defined]
+    s.stub.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(
         volume_id=name, staging_target_path=staging, volume_capability=_cap()))
-    s.stub.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(  # type: ignore[attr-defined]
+    s.stub.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(
         volume_id=name, staging_target_path=staging, target_path=target, volume_capability=_cap()))
     return staging, target
 
 
 def _down(s: NodeServer, name: str, staging: str, target: str) -> None:
-    s.stub.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(volume_id=name, target_path=target))  # type: ignore[attr-defined]
-    s.stub.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(  # type: ignore[attr-defined]
+    s.stub.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(volume_id=name, target_path=target))
+    s.stub.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(
         volume_id=name, staging_target_path=staging))
 
 
@@ -86,7 +86,7 @@ def test_stage_sets_project_and_limit_and_writes_stop_at_the_size(qsrv: NodeServ
     assert q.bytes_limit == 16 * MiB
     written = _fill(Path(target) / "big", 64 * MiB)
     assert written <= 16 * MiB, "the project quota did not stop the write"
-    r = qsrv.stub.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(  # type: ignore[attr-defined]
+    r = qsrv.stub.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(
         volume_id="pvc-q1", volume_path=target))
     usage = {u.unit: u for u in r.usage}
     assert usage[csi_pb2.VolumeUsage.BYTES].total == 16 * MiB  # statfs reports the project limit
@@ -101,7 +101,7 @@ def test_expand_raises_the_limit(qsrv: NodeServer) -> None:
     mp = qsrv.registry.drive_mount(qsrv.drive.drive_id)
     assert mp is not None
     qsrv.store.expand_volume("pvc-q2", 24 * MiB)
-    resp = qsrv.stub.NodeExpandVolume(csi_pb2.NodeExpandVolumeRequest(  # type: ignore[attr-defined]
+    resp = qsrv.stub.NodeExpandVolume(csi_pb2.NodeExpandVolumeRequest(
         volume_id="pvc-q2", volume_path=target, capacity_range=csi_pb2.CapacityRange(required_bytes=24 * MiB)))
     assert resp.capacity_bytes == 24 * MiB
     assert quota.get_quota(str(mp), vol.project_id).bytes_limit == 24 * MiB

@@ -112,7 +112,7 @@ def _mbr(disk_id: int, entries: list) -> bytearray:  # type: ignore[type-arg]
     return buf
 
 
-def _write(path: Path, offset: int, data: bytes) -> None:
+def _write(path: Path, offset: int, data: bytes | bytearray) -> None:
     with open(path, "r+b") as f:
         f.seek(offset)
         f.write(data)

@@ -298,5 +298,5 @@ def test_an_unchanged_drive_is_mounted_once_for_identification(
     (mp / "pvc-new").mkdir()
     umount(mp)
     calls.clear()
-    assert probe_one(dev).contents.volume_dirs == 2  # type: ignore[union-attr]
+    assert probe_one(dev).contents.volume_dirs == 2
     assert dev in calls

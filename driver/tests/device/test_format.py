@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Tuple
 
 import pytest
-from directpv_csi.core.errors import Aborted, DeviceRefused, InvalidArgument, NotFound
+from directpv_csi.core.errors import Aborted, DeviceRefused, FailedPrecondition, InvalidArgument, NotFound
 from directpv_csi.core.identity import state_token
 from directpv_csi.core.models import Device
 from directpv_csi.device import format as fmt
@@ -339,10 +339,10 @@ def test_read_metadata_absent_and_corrupt(tmp_path: Path) -> None:
     assert fmt.read_metadata(str(tmp_path)) is None
     (tmp_path / ".directpv").mkdir()
     (tmp_path / ".directpv" / "meta.json").write_text("[1, 2]")
-    with pytest.raises(fmt.FailedPrecondition, match="not a JSON object"):
+    with pytest.raises(FailedPrecondition, match="not a JSON object"):
         fmt.read_metadata(str(tmp_path))
     (tmp_path / ".directpv" / "meta.json").write_text("{broken")
-    with pytest.raises(fmt.FailedPrecondition, match="unreadable"):
+    with pytest.raises(FailedPrecondition, match="unreadable"):
         fmt.read_metadata(str(tmp_path))
 
 

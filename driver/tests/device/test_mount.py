@@ -15,6 +15,7 @@ from typing import Callable, Iterator, List
 import pytest
 from directpv_csi.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from directpv_csi.device import mount as m
+from directpv_csi.device.mountinfo import MountInfo
 
 from testsupport import needs_root, needs_tool
 
@@ -32,7 +33,7 @@ def cleanup() -> Iterator[List[str]]:
                 break
 
 
-def _table_entry(path: str) -> m.MountInfo:
+def _table_entry(path: str) -> MountInfo:
     found = [x for x in m.mounts() if x.mount_point == os.path.realpath(path)]
     assert found, f"{path} not in mountinfo"
     return found[-1]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator
 
 import pytest
-from directpv_csi.core.errors import InvalidArgument, NotFound
+from directpv_csi.core.errors import DirectPVError, InvalidArgument, NotFound
 from directpv_csi.device.superblock import crc32c, parse_xfs_superblock, read_xfs_superblock
 
 from testsupport import FIXTURES, needs_tool
@@ -73,7 +73,7 @@ def test_file_object_and_path_read_the_same() -> None:
         ("corrupt-blocksize.bin", InvalidArgument, "invalid block size 3000"),
     ],
 )
-def test_damaged_and_foreign_superblocks_give_clear_errors(name: str, error: type, words: str) -> None:
+def test_damaged_and_foreign_superblocks_give_clear_errors(name: str, error: type[DirectPVError], words: str) -> None:
     with pytest.raises(error) as exc:
         read_xfs_superblock(str(SB / name))
     assert words in str(exc.value)

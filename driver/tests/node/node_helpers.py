@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Sequence
 
 import pytest
 from directpv_csi.core.models import Device
@@ -84,7 +84,7 @@ def make_drive_fixture(loopdev: Callable[..., str], tmp_path: Path) -> Iterator[
                 ["losetup", "--noheadings", "-O", "BACK-FILE", dev], check=True, capture_output=True, text=True
             ).stdout.strip()
         )
-        return OurDrive(dev=dev, drive_id=res.drive_id, backing=backing)  # type: ignore[union-attr]
+        return OurDrive(dev=dev, drive_id=res.drive_id, backing=backing)
 
     make.reattached = extra  # type: ignore[attr-defined]
     yield make
@@ -137,7 +137,7 @@ def registry_fixture(config: NodeConfig, store: EmbeddedStore, node_env: Dict[st
 class NodeServer:
     """A real gRPC server (unix socket) serving our NodeServicer over real loop drives."""
 
-    stub: object  # csi_pb2_grpc.NodeStub
+    stub: Any  # csi_pb2_grpc.NodeStub (grpc is untyped)
     servicer: object  # NodeServicer
     store: EmbeddedStore
     registry: DriveRegistry

@@ -48,12 +48,12 @@ def test_sync_is_idempotent_and_quiet(
 ) -> None:
     a = make_drive()
     registry.sync()
-    gen = store.get_drive(a.drive_id).generation  # type: ignore[union-attr]
+    gen = store.get_drive(a.drive_id).generation
     points = [p for p in Path("/proc/self/mountinfo").read_text().split("\n") if a.drive_id in p]
     registry.sync()
     # no second mount stacked, no store write when nothing changed
     assert [p for p in Path("/proc/self/mountinfo").read_text().split("\n") if a.drive_id in p] == points
-    assert store.get_drive(a.drive_id).generation == gen  # type: ignore[union-attr]
+    assert store.get_drive(a.drive_id).generation == gen
 
 
 def test_restart_remounts(
@@ -109,7 +109,7 @@ def test_lost_then_back(
     lost = drives[a.drive_id]
     assert lost.status == DRIVE_LOST and lost.name == ""
     assert "since" in lost.message and name in lost.message
-    assert store.get_drive(a.drive_id).status == DRIVE_LOST  # type: ignore[union-attr]
+    assert store.get_drive(a.drive_id).status == DRIVE_LOST
     assert registry.drive_mount(a.drive_id) is None
     # a second sync keeps the "since" time
     assert {d.drive_id: d for d in registry.sync()}[a.drive_id].message == lost.message
@@ -251,7 +251,7 @@ def test_removed_drive_stays_removed(
     store.update_drive(a.drive_id, status=DRIVE_REMOVED, message="released by the operator")
     drives = {d.drive_id: d for d in registry.sync()}
     assert drives[a.drive_id].status == DRIVE_REMOVED
-    assert store.get_drive(a.drive_id).status == DRIVE_REMOVED  # type: ignore[union-attr]
+    assert store.get_drive(a.drive_id).status == DRIVE_REMOVED
     assert registry.drive_mount(a.drive_id) is None  # no new volumes go there
 
 

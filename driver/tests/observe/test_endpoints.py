@@ -57,7 +57,7 @@ def test_a_failing_check_is_named_not_fatal(sock_dir: Path) -> None:
     seen: List[str] = []
     obs = ObserveServer("127.0.0.1:0", CollectorRegistry(), identity.not_ready)
     try:
-        obs.start(live=lambda: (seen.append("live") is None, "ok"))
+        obs.start(live=lambda: (seen.append("live") is None, "ok"))  # type: ignore[func-returns-value]
         assert get(obs.url + "/readyz") == (503, "not ready:\n- store\n")
         assert get(obs.url + "/healthz") == (200, "ok\n") and seen == ["live"]
     finally:

@@ -116,13 +116,13 @@ def test_schema_1_store_gains_uids_and_tombstones(tmp_path: Path) -> None:
     try:
         uids = {v.name: v.uid for v in st.list_volumes()}
         assert set(uids) == {"v1", "v2"} and all(len(u) == 32 for u in uids.values()) and len(set(uids.values())) == 2
-        assert st.check() == [] and st.get_drive("d1").allocated == 2 * GiB  # type: ignore[union-attr]
+        assert st.check() == [] and st.get_drive("d1").allocated == 2 * GiB
         st.delete_volume("v1")
         assert [(t.name, t.uid) for t in st.list_tombstones("d1")] == [("v1", uids["v1"])]
     finally:
         st.close()
     again = EmbeddedStore(path)  # migrated once: the uids stay
     try:
-        assert again.get_volume("v2").uid == uids["v2"]  # type: ignore[union-attr]
+        assert again.get_volume("v2").uid == uids["v2"]
     finally:
         again.close()

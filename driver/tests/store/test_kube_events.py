@@ -410,7 +410,7 @@ def test_an_rbac_refusal_is_permission_denied_naming_verb_and_resource(
             assert translate(reserved.value)[0] == grpc.StatusCode.PERMISSION_DENIED
         finally:
             store.close()
-        assert admin.get_drive(d.drive_id).allocated == 0  # type: ignore[union-attr]
+        assert admin.get_drive(d.drive_id).allocated == 0
     finally:
         admin.close()
 

@@ -83,8 +83,8 @@ def test_printer_columns_show_node_drive_size_allocation(store: KubeStore, clust
     assert (row["Name"], row["Node"], row["Drive"], row["Size"], row["Allocated"], row["Volumes"], row["Status"]) == \
         ("d1", "n1", "sdb", 10 * GiB, 3 * GiB, 1, "Ready")
     # label selectors work as documented (kubectl get dpvv -l directpv.dev/node=n1)
-    lst = client.CustomObjectsApi(cluster.api_client).list_cluster_custom_object(
-        GROUP, VERSION, VOLUMES, label_selector="directpv.dev/node=n1,directpv.dev/drive=d1")
+    lst = cast(Dict[str, Any], client.CustomObjectsApi(cluster.api_client).list_cluster_custom_object(
+        GROUP, VERSION, VOLUMES, label_selector="directpv.dev/node=n1,directpv.dev/drive=d1"))
     assert [o["metadata"]["name"] for o in lst["items"]] == ["v1"]
 
 
@@ -104,13 +104,13 @@ def test_writes_of_one_replica_reach_the_other_through_the_watch(cluster: KubeSt
         a.put_drive(Drive(drive_id="d1", node="n1", name="sdb", total=10 * GiB))
         a.reserve_volume(Volume(name="v1", drive_id="d1", node="", size=GiB, project_id=0))
         assert eventually(lambda: b.get_volume("v1") is not None and b.get_drive("d1") is not None
-                          and b.get_drive("d1").allocated == GiB)  # type: ignore[union-attr]
+                          and b.get_drive("d1").allocated == GiB)
         assert [d.drive_id for d in b.list_drives("n1")] == ["d1"]
         a.delete_volume("v1")
-        assert eventually(lambda: b.get_volume("v1") is None and b.get_drive("d1").allocated == 0)  # type: ignore[union-attr]
+        assert eventually(lambda: b.get_volume("v1") is None and b.get_drive("d1").allocated == 0)
         # b's cache is stale-proof for writes: its reservation is checked against the server's version
         b.update_drive("d1", schedulable=False)
-        assert eventually(lambda: a.get_drive("d1").schedulable is False)  # type: ignore[union-attr]
+        assert eventually(lambda: a.get_drive("d1").schedulable is False)
         with pytest.raises(Conflict):
             a.reserve_volume(Volume(name="v2", drive_id="d1", node="", size=GiB, project_id=0))
     finally:
@@ -198,7 +198,7 @@ def test_crash_between_ledger_and_volume_object(store: KubeStore, cluster: KubeS
     store.reserve_volume(Volume(name="v1", drive_id="d1", node="", size=GiB, project_id=0))
     _ledger_record(cluster, "d1", "v2", GiB, 2, time.time())
     _ledger_record(cluster, "d1", "old", GiB, 3, time.time() - 3600)
-    assert eventually(lambda: store.get_drive("d1").allocated == 3 * GiB)  # type: ignore[union-attr]
+    assert eventually(lambda: store.get_drive("d1").allocated == 3 * GiB)
     problems = store.check()
     assert len(problems) == 2 and all("no volume object" in p for p in problems)
     # the capacity is held: no over-commit while the records are orphans
@@ -206,10 +206,10 @@ def test_crash_between_ledger_and_volume_object(store: KubeStore, cluster: KubeS
         store.reserve_volume(Volume(name="big", drive_id="d1", node="", size=2 * GiB, project_id=0))
     # the retried request completes with its recorded project id, reserving nothing twice
     v2 = store.reserve_volume(Volume(name="v2", drive_id="d1", node="", size=GiB, project_id=0))
-    assert v2.project_id == 2 and store.get_drive("d1").allocated == 3 * GiB  # type: ignore[union-attr]
+    assert v2.project_id == 2 and store.get_drive("d1").allocated == 3 * GiB
     # reconcile releases only records past the grace period (a young one may be a reservation in flight)
     assert store.reconcile(grace_s=600) == ["old"]
-    assert eventually(lambda: store.get_drive("d1").allocated == 2 * GiB)  # type: ignore[union-attr]
+    assert eventually(lambda: store.get_drive("d1").allocated == 2 * GiB)
     assert store.check() == []
 
 
@@ -222,7 +222,7 @@ def test_expand_completes_after_crash_without_reserving_twice(store: KubeStore, 
     obj["status"]["allocated"] = 2 * GiB
     api.replace_cluster_custom_object_status(GROUP, VERSION, DRIVES, "d1", obj)
     assert store.expand_volume("v1", 2 * GiB).size == 2 * GiB
-    assert store.get_drive("d1").allocated == 2 * GiB  # type: ignore[union-attr]
+    assert store.get_drive("d1").allocated == 2 * GiB
     assert store.check() == []
 
 
@@ -233,9 +233,9 @@ def test_finalizers_protect_recorded_data(store: KubeStore, cluster: KubeStoreCl
     api.delete_cluster_custom_object(GROUP, VERSION, VOLUMES, "v1")  # a stray `kubectl delete dpvv v1`
     api.delete_cluster_custom_object(GROUP, VERSION, DRIVES, "d1")
     for plural, name in ((VOLUMES, "v1"), (DRIVES, "d1")):
-        obj = api.get_cluster_custom_object(GROUP, VERSION, plural, name)
+        obj = cast(Dict[str, Any], api.get_cluster_custom_object(GROUP, VERSION, plural, name))
         assert obj["metadata"]["deletionTimestamp"] and obj["metadata"]["finalizers"] == [FINALIZER]
-    assert store.get_volume("v1") is not None and store.get_drive("d1").allocated == GiB  # type: ignore[union-attr]
+    assert store.get_volume("v1") is not None and store.get_drive("d1").allocated == GiB
     with pytest.raises(FailedPrecondition):
         store.delete_drive("d1")
     assert store.delete_volume("v1") is not None
@@ -274,7 +274,7 @@ def test_values_the_schema_refuses_are_invalid_arguments(store: KubeStore) -> No
         store.update_drive("d1", access_tier="Lukewarm")
     with pytest.raises(InvalidArgument):
         store.put_drive(Drive(drive_id="Upper_Case", node="n1", name="sdb", total=GiB))
-    assert store.get_drive("d1").access_tier == "Default"  # type: ignore[union-attr]
+    assert store.get_drive("d1").access_tier == "Default"
     assert [d.drive_id for d in store.list_drives()] == ["d1"]
 
 
@@ -287,7 +287,8 @@ def test_csi_names_that_are_not_object_names_round_trip(store: KubeStore, cluste
     assert store.reserve_volume(Volume(name=name, drive_id="d1", node="n1", size=GiB, project_id=0)) == vol
     obj = object_name(name)
     assert obj != name and obj.startswith("v-")
-    raw = client.CustomObjectsApi(cluster.api_client).get_cluster_custom_object(GROUP, VERSION, VOLUMES, obj)
+    raw = cast(Dict[str, Any],
+               client.CustomObjectsApi(cluster.api_client).get_cluster_custom_object(GROUP, VERSION, VOLUMES, obj))
     assert raw["spec"]["name"] == name
     got = store.get_volume(name)
     assert got is not None and got.name == name
@@ -315,7 +316,7 @@ def test_a_lagging_replica_confirms_a_miss_before_deleting_or_answering_not_foun
         a.reserve_volume(Volume(name="v2", drive_id="d1", node="", size=GiB, project_id=0))
         time.sleep(0.5)
         assert b.get_volume("v1") is None  # the lag this test is about
-        assert b.read_volume("v1") is not None and b.read_volume("v1").size == GiB  # type: ignore[union-attr]
+        assert b.read_volume("v1") is not None and b.read_volume("v1").size == GiB
         assert b.read_volume("nope") is None
         ctrl = ControllerServicer(b)
         grown = ctrl.ControllerExpandVolume(pb.ControllerExpandVolumeRequest(
@@ -323,7 +324,7 @@ def test_a_lagging_replica_confirms_a_miss_before_deleting_or_answering_not_foun
         assert grown.capacity_bytes == 2 * GiB
         ctrl.DeleteVolume(pb.DeleteVolumeRequest(volume_id="v1"), None)
         assert a._get(VOLUMES, "v1") is None
-        assert eventually(lambda: a.get_drive("d1").allocated == 2 * GiB)  # type: ignore[union-attr]
+        assert eventually(lambda: a.get_drive("d1").allocated == 2 * GiB)
     finally:
         a.close()
         b.close()
@@ -362,8 +363,8 @@ def test_a_node_store_receives_only_its_own_nodes_changes(cluster: KubeStoreClus
         # then one change to each of n1's objects: once both arrived, anything sent before them has too
         admin.update_drive("d1", labels={"round": "x"})
         admin.update_volume("v-n1", labels={"round": "x"})
-        assert eventually(lambda: node.get_drive("d1").labels == {"round": "x"}  # type: ignore[union-attr]
-                          and node.get_volume("v-n1").labels == {"round": "x"})  # type: ignore[union-attr]
+        assert eventually(lambda: node.get_drive("d1").labels == {"round": "x"}
+                          and node.get_volume("v-n1").labels == {"round": "x"})
         assert node._drives.received + node._volumes.received - received == 2
         assert eventually(lambda: admin._drives.received + admin._volumes.received - admin_received >= 10)
         # another node's drive is still found (the registry asks about clones and moved disks): one

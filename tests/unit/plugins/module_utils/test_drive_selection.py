@@ -204,7 +204,9 @@ def test_drives_yaml_round_trip_selects_this_nodes_yes_entries() -> None:
 
 
 def test_drives_yaml_detects_a_changed_device() -> None:
-    doc = {"version": "v1", "nodes": [{"name": "w", "drives": [{"name": "nvme0n1", "id": "9:9$abc", "select": "yes"}]}]}
+    doc: Dict[str, Any] = {
+        "version": "v1", "nodes": [{"name": "w", "drives": [{"name": "nvme0n1", "id": "9:9$abc", "select": "yes"}]}]
+    }
     s = run(host(), requests=sel.requests_from_drives_yaml(doc, "w"))
     assert "drives.yaml id says 9:9" in str(s.problems[0])
     doc["nodes"][0]["drives"][0].update(id="", size=1)

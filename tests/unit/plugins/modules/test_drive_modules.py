@@ -28,7 +28,8 @@ def call(module: Any, args: Dict[str, Any], capsys: pytest.CaptureFixture[str]) 
     with patch_module_args(args), pytest.raises(SystemExit):
         module.main()
     out = capsys.readouterr().out
-    return json.loads(out.strip().splitlines()[-1])
+    result: Dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
 
 
 def blkid(dev: str) -> Dict[str, str]:
