@@ -6,7 +6,7 @@
   import time, relative imports only, no store/csi/cmd.
 - Only kube/ may import the Kubernetes client.
 
-The layers themselves (cmd > observe > csi > node | kube > store | concurrency > device > core)
+The layers themselves (cmd > app > observe > csi > node | kube > store | concurrency > device > core)
 are import-linter contracts in .importlinter, run by `make lint` and by the last test here.
 """
 
@@ -26,7 +26,7 @@ CORE_ALLOWED = {
     "__future__", "typing", "dataclasses", "re", "hashlib", "base64", "json", "fnmatch", "math",
     "enum", "collections", "itertools", "functools", "bisect", "heapq", "string", "uuid", "datetime",
 }
-SHARED_FORBIDDEN_PKGS = {"store", "kube", "csi", "cmd", "node", "observe"}
+SHARED_FORBIDDEN_PKGS = {"store", "kube", "csi", "cmd", "node", "observe", "app"}
 
 
 def imports(path: Path) -> Iterator[Tuple[int, str, int]]:

@@ -29,4 +29,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return standalone.run(args)
+    return standalone.run(args)  # app.build_controller

@@ -32,26 +32,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    registration = None
-    if args.registration_dir or args.kubelet_registration_path:  # csi/registration.py
-        import sys
-
-        from ..core.errors import DirectPVError, InvalidArgument
-        from ..csi.registration import KubeletRegistration
-        from ..csi.server import socket_path
-
-        try:
-            if not args.registration_dir:
-                raise InvalidArgument("--kubelet-registration-path needs --registration-dir",
-                                      "give the kubelet's plugins_registry directory")
-            csi = socket_path(args.endpoint)
-            registration = KubeletRegistration(args.registration_dir, args.kubelet_registration_path or csi, csi)
-            registration.start()  # registers once the CSI socket answers
-        except DirectPVError as exc:
-            print(f"directpv-csi node: {exc}", file=sys.stderr)
-            return 1
-    try:
-        return standalone.run(args)
-    finally:
-        if registration is not None:
-            registration.stop()  # the socket goes: the kubelet deregisters the driver
+    return standalone.run(args)  # app.build_node, with the kubelet registration when asked for

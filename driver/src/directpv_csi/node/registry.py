@@ -79,6 +79,8 @@ class DriveRegistry:
         probe: Optional[ProbeFn] = None,
         inflight: Optional[InFlight] = None,
         sysfs_root: str = "/sys",
+        on_probe: Optional[Callable[[Sequence[Device]], object]] = None,
+        on_orphans: Optional[Callable[[Dict[str, tuple[str, ...]]], object]] = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -96,9 +98,9 @@ class DriveRegistry:
         self._wake = threading.Event()  # request_sync(): the loop runs a full sync now
         # Called with every full probe's devices (the kube node's DirectPVNode report); its errors
         # are its own: logged, never a failed sync.
-        self.on_probe: Optional[Callable[[Sequence[Device]], object]] = None
+        self.on_probe = on_probe
         # Called with ``orphans()`` whenever the orphans found change (the kube node's DirectPVNode report).
-        self.on_orphans: Optional[Callable[[Dict[str, tuple[str, ...]]], object]] = None
+        self.on_orphans = on_orphans
         self.synced_once = False
         self.last_error = ""
         self._orphans: Dict[str, tuple[str, ...]] = {}  # drive id -> orphan names (last gc)
