@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
-from directpv_csi.kube.nodes import INIT_REQUESTS, NODES
+from directpv_csi.kube.nodes import INIT_REQUESTS, NODES, init_request_body
 from directpv_csi.kube.store import DRIVES, GROUP, VERSION
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -56,9 +56,9 @@ def test_init_requests_format_only_the_reviewed_device(
 
     def submit(devices: List[Dict[str, str]], **spec: Any) -> str:
         name = f"{node}-{len(requests)}"
-        api.create_cluster_custom_object(GROUP, VERSION, INIT_REQUESTS, {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVInitRequest", "metadata": {"name": name},
-            "spec": {"devices": devices, **spec}})
+        body = init_request_body(name, devices)  # labelled directpv.dev/node=<node>: the node's scoped watch
+        body["spec"].update(spec)
+        api.create_cluster_custom_object(GROUP, VERSION, INIT_REQUESTS, body)
         requests.append(name)
         return name
 

@@ -35,7 +35,7 @@ from ..core.models import Device
 from ..core.selection import device_row
 from . import events as ev
 from .errors import ApiConflict, translated
-from .objects import GROUP, VERSION
+from .objects import GROUP, LABEL_NODE, VERSION, label_value
 from .watch import ListWatch
 
 NODES = "directpvnodes"
@@ -263,10 +263,33 @@ def merged_status(obj: Obj, results: Sequence[Obj]) -> Obj:
 Handler = Callable[[Obj, Obj], Obj]  # (request object, device entry) -> result row
 
 
+def init_request_body(name: str, devices: Sequence[Obj], force: bool = False, dry_run: bool = False) -> Obj:
+    """A DirectPVInitRequest for ``devices`` (``{node, name, id}``). When they all are on one node the
+    request carries the label ``directpv.dev/node=<node>``, so only that node's watch receives it;
+    a request naming several nodes (or a node name that is no label value) stays unlabelled and
+    goes to every node's watch of unlabelled requests (prefer one request per node)."""
+    nodes = {str(d.get("node", "")) for d in devices}
+    meta: Obj = {"name": name}
+    node = nodes.pop() if len(nodes) == 1 else ""
+    if node and label_value(node):
+        meta["labels"] = {LABEL_NODE: node}
+    spec: Obj = {"devices": [dict(d) for d in devices]}
+    if force:
+        spec["force"] = True
+    if dry_run:
+        spec["dryRun"] = True
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVInitRequest", "metadata": meta, "spec": spec}
+
+
 class InitRequestWatcher:
     """Formats the devices of DirectPVInitRequests that name this node, one at a time, recording each
     result as soon as it is known (a restart never repeats a recorded device). ``handle`` does the
-    work (node/initreq.py); ``on_formatted`` runs after a device became a drive (the registry syncs)."""
+    work (node/initreq.py); ``on_formatted`` runs after a device became a drive (the registry syncs).
+
+    Node-scoped: it watches the requests labelled ``directpv.dev/node=<this node>`` (see
+    :func:`init_request_body`) and, for requests made before the label existed or naming several
+    nodes, the unlabelled ones (``!directpv.dev/node``); a request labelled for another node never
+    reaches it. A node name that is no label value watches every request, as before."""
 
     def __init__(self, api_client: Any, node: str, handle: Handler,
                  on_formatted: Optional[Callable[[], None]] = None,
@@ -277,21 +300,39 @@ class InitRequestWatcher:
         self.events = events  # DeviceFormatted / DeviceInitPlanned / InitError about the request
         self._api: Any = k8s.CustomObjectsApi(api_client)  # answers are plain dicts
         self._stop = threading.Event()
-        self._watch: Optional[ListWatch] = None
+        self._watches: List[ListWatch] = []
+        self._busy = threading.Lock()  # one device at a time, whichever watch delivered its request
+        # (request uid, node, device) recorded by this process: a watch event older than the result
+        # (the request as it was before) must not hand the device to ``handle`` again
+        self._recorded: Dict[Tuple[str, str, str], None] = {}
         self.handled = 0  # device results recorded (tests)
 
+    @property
+    def selectors(self) -> List[str]:
+        """The label selectors of the watches: this node's requests and the unlabelled ones."""
+        if not label_value(self.node):
+            return [""]
+        return [f"{LABEL_NODE}={self.node}", f"!{LABEL_NODE}"]
+
     def start(self) -> None:
-        """Watch the init requests in a thread (kube/watch.py: the one loop)."""
-        if self._watch is None:
-            self._watch = ListWatch(self._api, INIT_REQUESTS, self._on_list, self._on_event,
-                                    watch_timeout_s=WATCH_TIMEOUT_S, request_timeout_s=REQUEST_TIMEOUT_S,
-                                    min_backoff_s=2.0, max_backoff_s=10.0, name="init-requests")
-            self._watch.start()
+        """Watch the init requests in threads (kube/watch.py: the one loop), one per selector."""
+        if not self._watches:
+            for i, selector in enumerate(self.selectors):
+                lw = ListWatch(self._api, INIT_REQUESTS, self._on_list, self._on_event, label_selector=selector,
+                               watch_timeout_s=WATCH_TIMEOUT_S, request_timeout_s=REQUEST_TIMEOUT_S,
+                               min_backoff_s=2.0, max_backoff_s=10.0, name=f"init-requests-{i}")
+                self._watches.append(lw)
+                lw.start()
+
+    @property
+    def received(self) -> int:
+        """ADDED/MODIFIED/DELETED events the watches delivered (tests)."""
+        return sum(w.received for w in self._watches)
 
     def stop(self) -> None:
         self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()
+        for w in self._watches:
+            w.stop()
 
     def _on_list(self, items: List[Obj], rv: str) -> None:
         for obj in items:
@@ -305,11 +346,19 @@ class InitRequestWatcher:
 
     def process(self, obj: Obj) -> int:
         """Handle this node's devices without a result; returns how many were handled."""
+        with self._busy:
+            return self._process(obj)
+
+    def _process(self, obj: Obj) -> int:
         name = obj["metadata"]["name"]
+        uid = str(obj["metadata"].get("uid", ""))
         count = 0
         for entry in pending_devices(obj, self.node):
             if self._stop.is_set():
                 break
+            done = (uid, *_key(entry))
+            if done in self._recorded:
+                continue
             try:
                 result = self.handle(obj, entry)
             except Exception as exc:  # a bug must not leave the device Pending forever
@@ -317,6 +366,9 @@ class InitRequestWatcher:
                 result = {"node": self.node, "name": str(entry.get("name", "")), "status": "Error",
                           "driveID": "", "message": f"internal error: {exc}"}
             self._record(name, result)
+            self._recorded[done] = None
+            if len(self._recorded) > 4096:
+                del self._recorded[next(iter(self._recorded))]
             self._event(obj, result)
             count += 1
             self.handled += 1
