@@ -9,7 +9,7 @@ are stable (core/models.py); texts are for people. Pure: no OS imports.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Set
+from typing import Dict, List, Sequence, Set, Tuple
 
 from .identity import (
     KIND_DIRECTPV,
@@ -47,7 +47,8 @@ from .models import (
 from .units import format_size
 
 DEFAULT_MIN_SIZE = 512 * 1024 * 1024
-__all__ = ["DEFAULT_MIN_SIZE", "LEGACY_LABEL", "OUR_LABEL", "JudgePolicy", "is_ours", "judge", "judge_one"]
+__all__ = ["DEFAULT_MIN_SIZE", "FORMAT_ALLOWED", "FORMAT_NEEDS_FORCE", "FORMAT_NEEDS_REVIEW", "FORMAT_NEVER",
+           "LEGACY_LABEL", "OUR_LABEL", "JudgePolicy", "format_permission", "is_ours", "judge", "judge_one"]
 
 # Where the migration from MinIO DirectPV is described (messages about DirectPV drives point there).
 MIGRATION_DOC = "see 'DirectPV drives' in docs/FEATURES.md"
@@ -253,3 +254,30 @@ def judge(devices: Sequence[Device], policy: JudgePolicy = JudgePolicy()) -> Dic
     by_name = {d.name: d for d in devices}
     roots = root_disk_names(devices)
     return {d.name: judge_one(d, policy, by_name, roots) for d in devices}
+
+
+# --- the format safety policy: one home (device/format.py plan_format, core/selection.py) ---------
+
+FORMAT_ALLOWED = ""  # may format (over the forceable reasons returned, if any)
+FORMAT_NEVER = "never"  # a reason force never overrides (mounted, held, root disk, a DirectPV drive with volumes...)
+FORMAT_NEEDS_FORCE = "needs-force"  # only forceable reasons (a filesystem, data, a partition table): force required
+FORMAT_NEEDS_REVIEW = "needs-review"  # force given, but safe mode forces only a device state that was reviewed
+
+
+def format_permission(reasons: Sequence[Reason], *, force: bool, reviewed: bool = True,
+                      safe_mode: bool = False) -> Tuple[str, Tuple[Reason, ...]]:
+    """May a device with the judge's ``reasons`` be formatted? ``(FORMAT_*, the reasons that decide)``.
+
+    Reasons that are not forceable refuse whatever ``force`` says (``FORMAT_NEVER``, those reasons);
+    forceable ones (what a format would destroy) need ``force`` (``FORMAT_NEEDS_FORCE``), and in
+    ``safe_mode`` also a ``reviewed`` device (named, or its state token given:
+    ``FORMAT_NEEDS_REVIEW``). Allowed: ``(FORMAT_ALLOWED, the forceable reasons force overrides)``."""
+    hard = tuple(r for r in reasons if not r.forceable)
+    if hard:
+        return FORMAT_NEVER, hard
+    soft = tuple(r for r in reasons if r.forceable)
+    if soft and not force:
+        return FORMAT_NEEDS_FORCE, soft
+    if soft and safe_mode and not reviewed:
+        return FORMAT_NEEDS_REVIEW, soft
+    return FORMAT_ALLOWED, soft

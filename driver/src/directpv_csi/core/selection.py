@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import InvalidArgument
+from .judge import FORMAT_ALLOWED, FORMAT_NEEDS_FORCE, format_permission
 from .models import (
     REASON_DIRECTPV,
     REASON_HAS_DATA,
@@ -432,7 +433,8 @@ def _reason_hint(reason: Reason) -> str:
 
 
 def _forceable_only(verdict: Verdict) -> bool:
-    return bool(verdict.reasons) and all(r.forceable for r in verdict.reasons)
+    """Refused only for what force may override (core/judge.py format_permission)."""
+    return format_permission(verdict.reasons, force=False)[0] == FORMAT_NEEDS_FORCE
 
 
 def _has(verdict: Verdict, code: str) -> bool:
@@ -545,7 +547,7 @@ def select(
             chosen_by[dev.name] = req.ref
             continue
         if _forceable_only(verdict):
-            if req.force or force:
+            if format_permission(verdict.reasons, force=req.force or force)[0] == FORMAT_ALLOWED:
                 chosen[dev.name] = Chosen(
                     dev.name, dev.dev_path, dev.size, ACTION_FORMAT, req.source, req.ref, True, token
                 )
@@ -608,7 +610,9 @@ def select(
             )
             rejected.append(Rejected(dev.name, dev.dev_path, dev.size, tuple(codes), tuple(texts)))
             continue
-        if _forceable_only(verdict) and force and not safe_mode:
+        # a filter-picked device is not a reviewed one: safe mode never forces it
+        permission = format_permission(verdict.reasons, force=force, reviewed=False, safe_mode=safe_mode)[0]
+        if _forceable_only(verdict) and permission == FORMAT_ALLOWED:
             chosen[dev.name] = Chosen(dev.name, dev.dev_path, dev.size, ACTION_FORMAT, SOURCE_FILTER, dev.name, True)
             continue
         if _forceable_only(verdict):

@@ -53,7 +53,15 @@ from ..core.errors import (
     Unsupported,
 )
 from ..core.identity import KIND_OURS, LEGACY_LABEL, OUR_LABEL, hardware_id, is_our_kind, state_token
-from ..core.judge import DEFAULT_MIN_SIZE, JudgePolicy, is_ours, judge
+from ..core.judge import (
+    DEFAULT_MIN_SIZE,
+    FORMAT_ALLOWED,
+    FORMAT_NEEDS_FORCE,
+    JudgePolicy,
+    format_permission,
+    is_ours,
+    judge,
+)
 from ..core.models import (
     REASON_DIRECTPV,
     REASON_MOUNTED,
@@ -370,12 +378,9 @@ def plan_format(
             force=force,
             label=label,
         )
-    hard = [r for r in reasons if not r.forceable]
-    if hard:
-        raise _refuse(dev, hard, forceable_only=False)
-    soft = [r for r in reasons if r.forceable]
-    if soft and not force:
-        raise _refuse(dev, soft, forceable_only=True)
+    verdict, soft = format_permission(reasons, force=force)
+    if verdict != FORMAT_ALLOWED:
+        raise _refuse(dev, soft, forceable_only=verdict == FORMAT_NEEDS_FORCE)
     exe = _require_mkfs()
     if reflink is True and not mkfs_supports_reflink():
         raise Unsupported(
