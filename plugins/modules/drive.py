@@ -182,7 +182,6 @@ from ansible_collections.directpv.csi.plugins.module_utils._common import (
 )
 from ansible_collections.directpv.csi.plugins.module_utils._directpv.core.errors import (
     CommandFailed,
-    DeviceRefused,
     FailedPrecondition,
     Unsupported,
 )
@@ -254,17 +253,9 @@ def present(module: Any) -> Dict[str, Any]:
         reflink=p["reflink"],
         min_size=parse_size(p["min_size"]),
         node=node_name(p),
+        safe_mode=p["safe_mode"],  # the format safety policy decides (core/judge.py format_permission)
     )
     dev = plan.device
-    if plan.forced_reasons and p["safe_mode"] and not p["expected_token"]:
-        raise DeviceRefused(
-            "safe_mode: refusing to format {} over existing data ({}) without expected_token".format(
-                dev.dev_path, ", ".join(plan.forced_reasons)
-            ),
-            "pass the device's reviewed state token as expected_token (drive_info 'id', drive_select 'token') "
-            "so force applies only to that state, or set safe_mode: false",
-            tuple(plan.forced_reasons),
-        )
     before = snapshot(dev, p["label"])
     result: Dict[str, Any] = {"device": dev.dev_path, "plan": dict(plan.to_dict(), action="adopt")}
     if plan.adopt:

@@ -57,6 +57,7 @@ from ..core.judge import (
     DEFAULT_MIN_SIZE,
     FORMAT_ALLOWED,
     FORMAT_NEEDS_FORCE,
+    FORMAT_NEEDS_REVIEW,
     JudgePolicy,
     format_permission,
     is_ours,
@@ -323,10 +324,14 @@ def plan_format(
     reflink: Optional[bool] = None,
     min_size: Optional[int] = None,
     node: Optional[str] = None,
+    safe_mode: bool = False,
 ) -> FormatPlan:
     """Plan the format of one device. Raises DeviceRefused (``reasons`` lists the codes),
     InvalidArgument (bad input: a regular file, a path with "..", not a block device, a bad
-    drive id or label), NotFound (no such device). Runs no mutating command."""
+    drive id or label), NotFound (no such device). Runs no mutating command.
+
+    ``safe_mode``: ``force`` applies only to a reviewed device state, so a format over what the
+    device holds also needs ``expected_token`` (core/judge.py format_permission)."""
     did = _check_drive_id(drive_id)
     label = _check_label(label)
     if reflink is not None and not isinstance(reflink, bool):
@@ -378,7 +383,15 @@ def plan_format(
             force=force,
             label=label,
         )
-    verdict, soft = format_permission(reasons, force=force)
+    verdict, soft = format_permission(reasons, force=force, reviewed=expected_token is not None, safe_mode=safe_mode)
+    if verdict == FORMAT_NEEDS_REVIEW:
+        raise DeviceRefused(
+            f"safe_mode: refusing to format {dev.dev_path} over existing data "
+            f"({', '.join(r.code for r in soft)}) without expected_token",
+            "pass the device's reviewed state token as expected_token (drive_info 'id', drive_select 'token', "
+            "the DirectPVNode report's id) so force applies only to that state, or set safe_mode: false",
+            tuple(r.code for r in soft),
+        )
     if verdict != FORMAT_ALLOWED:
         raise _refuse(dev, soft, forceable_only=verdict == FORMAT_NEEDS_FORCE)
     exe = _require_mkfs()

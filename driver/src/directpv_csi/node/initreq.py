@@ -8,7 +8,9 @@ execute), with the safety the request's schema promises:
   so a request formats exactly the device state an operator reviewed, never another device that
   took the name.
 - Mounted, held (LVM/md/dm), swap, root, read-only and too small devices are refused whatever
-  ``force`` says; a filesystem or partition table is overwritten only with ``force``.
+  ``force`` says; a filesystem or partition table is overwritten only with ``force``: the format
+  safety policy of the drive module, in safe mode (core/judge.py format_permission via plan_format),
+  and stricter about the token: every request carries one, not only a forced one.
 - ``dryRun`` plans and runs nothing: the result is ``Planned`` with the exact command.
 - A device that already is one of our drives (for example formatted by this very request before
   the node restarted and could record it) is reported ``Success`` with its drive id and left as it is.
@@ -57,7 +59,7 @@ def init_device(node: str, name: str, token: str, *, force: bool, dry_run: bool,
                        "device state you reviewed can be formatted")
     try:
         plan: FormatPlan = plan_format(name, force=force, allow_loop=allow_loop, expected_token=token,
-                                       owner=owner, node=node)
+                                       owner=owner, node=node, safe_mode=True)
     except DeviceRefused as exc:
         if REASON_STALE in exc.reasons:
             drive_id = _already_ours(name, node, allow_loop)
