@@ -30,7 +30,7 @@ ALLOWED: Dict[str, str] = {
     "node.volumes.move_to_trash": "moves a volume directory + metadata file to .deleted/ (tombstones only)",
     "node.volumes.purge_trash": "empties .deleted/ (only what move_to_trash put there)",
     "device.format": "the mkfs.xfs command name (format execution)",
-    "device.format.write_json_durably": "temp file renamed over our own metadata file (drive meta.json, volume metadata)",
+    "device.format.write_json_durably": "temp file renamed over our own metadata file (meta.json, volume metadata)",
     "device.format._with_mounted": "rmdir of its own private temporary mount point",
     "device.ondisk.readonly_root": "rmdir of its own private temporary mount point",
     "device.paths.rmdir_child": "target/staging cleanup of csi/node.py: an empty directory it made, by fd",
