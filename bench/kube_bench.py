@@ -18,7 +18,9 @@ started here, as tests/kube/controlplane.py starts it). One command, prints figu
    concurrently (spec, then status), a fresh controller started, waited for until GetCapacity
    reports the sum of all drives (its informer listed them), then VmRSS/VmHWM from
    /proc/<pid>/status; against the same controller with 0 drives (baseline), as bytes per drive,
-   and against the embedded standalone server holding the same drives.
+   against a controller whose cache keeps the API's dicts as they came (DIRECTPV_CSI_CACHE_SLIM=0:
+   the figure before the slim cache, in the same run), and against the embedded standalone server
+   holding the same drives.
 
 No target is set for these figures: they are compared against other drivers on the same API
 server later. Skips (exit 0, with the build command) when etcd/kube-apiserver are not built.
@@ -158,16 +160,16 @@ def cpu_seconds(pid: int) -> float:
 class Server(DriverProcess):
     """A `directpv-csi controller` (kube) or `standalone --no-node` (embedded) child process."""
 
-    def __init__(self, workdir: Path, tag: str, argv: List[str]) -> None:
+    def __init__(self, workdir: Path, tag: str, argv: List[str], env: Optional[Dict[str, str]] = None) -> None:
         super().__init__(argv[0], workdir / f"{tag}.sock", [*argv[1:], "--log-level", "WARNING"],
-                         env={"PYTHONPATH": str(REPO / "driver" / "src")})
+                         env={"PYTHONPATH": str(REPO / "driver" / "src"), **(env or {})})
         self.start()
 
     @classmethod
-    def kube(cls, workdir: Path, tag: str, cp: ControlPlane) -> Server:
+    def kube(cls, workdir: Path, tag: str, cp: ControlPlane, env: Optional[Dict[str, str]] = None) -> Server:
         # metrics on, as deployed, but on a free port (:30443 may be taken by anything on this host)
         return cls(workdir, tag, ["controller", "--kubeconfig", str(cp.kubeconfig),
-                                  "--metrics-address", "127.0.0.1:0"])
+                                  "--metrics-address", "127.0.0.1:0"], env)
 
     @classmethod
     def embedded(cls, workdir: Path, tag: str, state_dir: Path) -> Server:
@@ -362,6 +364,12 @@ def main() -> int:
         time.sleep(1.0)
         rss = proc_status(big.pid)
         stop(big)
+        # before, in the same run: the cache keeping the API's dicts as they came (no slim copies)
+        full = start(Server.kube(work, "rss-full", cp, env={"DIRECTPV_CSI_CACHE_SLIM": "0"}))
+        full.wait(sum(d.total for d in every))
+        time.sleep(1.0)
+        rss_full = proc_status(full.pid)
+        stop(full)
 
         state2 = work / "embedded-rss"
         state2.mkdir()
@@ -379,6 +387,9 @@ def main() -> int:
         print(f"   {n} drives: VmRSS {rss['VmRSS'] / 1024:.1f} MiB, VmHWM {rss['VmHWM'] / 1024:.1f} MiB")
         print(f"   per drive: {per_drive:.0f} bytes (VmRSS above the baseline / {n}); "
               f"peak per drive {(rss['VmHWM'] - rss0['VmHWM']) * 1024 / n:.0f} bytes")
+        print(f"   before (DIRECTPV_CSI_CACHE_SLIM=0: the API's dicts as they came, same run): VmRSS "
+              f"{rss_full['VmRSS'] / 1024:.1f} MiB, VmHWM {rss_full['VmHWM'] / 1024:.1f} MiB, per drive "
+              f"{(rss_full['VmRSS'] - rss0['VmRSS']) * 1024 / n:.0f} bytes")
         print(f"   embedded standalone (--no-node) holding the same {n} drives: VmRSS "
               f"{rss_emb['VmRSS'] / 1024:.1f} MiB -> kube/embedded {rss['VmRSS'] / rss_emb['VmRSS']:.2f}x")
         return 0

@@ -3,6 +3,8 @@ re-LIST on 410 Gone (the loop is kube/watch.py); indexed; the kube store's reads
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -16,6 +18,33 @@ from .watch import Gone, ListWatch
 
 PENDING_MAX_S = 60.0  # a write whose own watch event never came (see Informer) stops holding events back
 SEEN_MAX = 16384  # (name, resourceVersion) pairs the watch delivered, remembered for read-your-writes
+
+
+# the cache keeps slim copies (below); DIRECTPV_CSI_CACHE_SLIM=0 keeps the API's dicts as they
+# came (bench/kube_bench.py measures both in one run)
+SLIM = os.environ.get("DIRECTPV_CSI_CACHE_SLIM", "1") != "0"
+_DROPPED_META = ("managedFields", "creationTimestamp")
+_UNIQUE = frozenset(("uid", "resourceVersion", "name"))
+
+
+def _interned(value: Any, key: str = "") -> Any:
+    if isinstance(value, str):
+        return value if key in _UNIQUE or len(value) > 64 else sys.intern(value)
+    if isinstance(value, dict):
+        return {sys.intern(k): _interned(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interned(v) for v in value]
+    return value
+
+
+def slim(obj: Obj) -> Obj:
+    """The object as the cache keeps it: without ``managedFields`` (server-side apply bookkeeping,
+    most of a small object's size) and ``creationTimestamp`` (never read here; an update without
+    them keeps the server's), and with the strings many objects repeat (node names, states, label
+    keys and values, finalizers, apiVersion, kind) shared instead of one copy per object."""
+    meta = {k: v for k, v in obj["metadata"].items() if k not in _DROPPED_META}
+    out: Obj = _interned(dict(obj, metadata=meta))
+    return out
 
 
 @dataclass
@@ -62,7 +91,8 @@ class Informer:
         self._list_fence = 0  # _seq when the current LIST was sent
         self._synced = threading.Event()
         self._lw = ListWatch(api, plural, self._on_list, self._on_event, label_selector=selector,
-                             name=f"informer-{plural}", on_list_start=self._on_list_start)
+                             name=f"informer-{plural}", on_list_start=self._on_list_start,
+                             transform=slim if SLIM else None)
 
     # -- cache mutation (caller holds the lock) --
     def _unindex(self, name: str) -> None:
@@ -76,11 +106,10 @@ class Informer:
                 if not bucket:
                     del self.index[key][fn(old)]
 
-    def _put(self, obj: Obj) -> None:
+    def _put(self, obj: Obj, listed: bool = False) -> None:
         name = obj["metadata"]["name"]
-        # managedFields (server-side apply bookkeeping) are most of a small object's size and never
-        # read here; a replace without them leaves the server's copy unchanged
-        obj["metadata"].pop("managedFields", None)
+        if SLIM and not listed:  # listed objects were slimmed page by page (kube/watch.py)
+            obj = slim(obj)
         self._unindex(name)
         self.items[name] = obj
         for key, fn in self._index_fns.items():
@@ -103,8 +132,9 @@ class Informer:
             return
         rv = rv_of(obj)
         with self._lock:
-            if (name, rv) in self._seen:
-                return  # announced already: the cache holds it or something newer
+            cur = self.items.get(name)
+            if (name, rv) in self._seen or (cur is not None and rv_of(cur) == rv):
+                return  # announced already (or listed): the cache holds it or something newer
             self._put(obj)
             self._hold(name, rv, "")
 
@@ -203,9 +233,8 @@ class Informer:
                 if name not in fresh and name not in pending:
                     self._unindex(name)
             for name, obj in fresh.items():
-                self._mark_seen(name, rv_of(obj))
                 if name not in pending:
-                    self._put(obj)
+                    self._put(obj, listed=True)
         self._synced.set()
 
     def _on_event(self, kind: str, obj: Obj) -> None:

@@ -29,6 +29,8 @@ Obj = Dict[str, Any]
 
 log = logging.getLogger("directpv_csi.kube.watch")
 
+LIST_PAGE = 500  # objects per LIST page (client-go's reflector pages by 500 too)
+
 
 class Gone(Exception):
     """The resourceVersion a watch started from expired (410): list again."""
@@ -41,12 +43,14 @@ class ListWatch:
                  on_event: Callable[[str, Obj], None], *, label_selector: str = "", field_selector: str = "",
                  watch_timeout_s: int = 30, request_timeout_s: Optional[float] = None,
                  min_backoff_s: float = 0.5, max_backoff_s: float = 5.0, name: str = "",
-                 on_list_start: Optional[Callable[[], None]] = None) -> None:
+                 on_list_start: Optional[Callable[[], None]] = None,
+                 transform: Optional[Callable[[Obj], Obj]] = None) -> None:
         self._api = api  # CustomObjectsApi on a connection pool the owner may clear to end a read
         self.plural = plural
         self._on_list = on_list
         self._on_event = on_event
         self._on_list_start = on_list_start  # called just before each LIST is sent (the informer's fence)
+        self._transform = transform  # applied to each listed object as its page arrives (the cache's slim copy)
         self.label_selector = label_selector
         self.field_selector = field_selector
         self.watch_timeout_s = watch_timeout_s
@@ -80,9 +84,18 @@ class ListWatch:
             kwargs["_request_timeout"] = self.request_timeout_s
         if self._on_list_start is not None:
             self._on_list_start()
-        lst = self._api.list_cluster_custom_object(GROUP, VERSION, self.plural, **kwargs)
+        items: List[Obj] = []
+        cont = ""
+        while True:  # pages of LIST_PAGE (one consistent snapshot): no response of every object at once
+            page = dict(kwargs, limit=LIST_PAGE, **({"_continue": cont} if cont else {}))
+            lst = self._api.list_cluster_custom_object(GROUP, VERSION, self.plural, **page)
+            got = list(lst.get("items") or [])
+            items.extend(got if self._transform is None else [self._transform(o) for o in got])
+            cont = str((lst.get("metadata") or {}).get("continue") or "")
+            if not cont:
+                break
         rv = str(lst["metadata"]["resourceVersion"])
-        self._on_list(list(lst.get("items") or []), rv)
+        self._on_list(items, rv)
         self.relists += 1
         return rv
 
