@@ -403,3 +403,30 @@ def test_connection_pool_sized_to_the_callers(cluster: KubeStoreCluster) -> None
         assert pools and all(p.num_connections <= 20 for p in pools)
     finally:
         s.close()
+
+
+def test_lists_come_in_pages_and_the_cache_keeps_slim_copies(cluster: KubeStoreCluster,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of 2 (kube/watch.py LIST_PAGE): a new store still lists all 5 drives of one snapshot,
+    and caches them without managedFields or creationTimestamp (kube/informer.py slim)."""
+    from directpv_csi.kube import watch
+
+    admin = KubeStore(cluster.new_client(), events=False)
+    try:
+        for i in range(5):
+            admin.put_drive(Drive(drive_id=f"p{i}", node=f"n{i % 2}", name="sdb", total=10 * GiB))
+    finally:
+        admin.close()
+    monkeypatch.setattr(watch, "LIST_PAGE", 2)
+    s = KubeStore(cluster.new_client(), events=False)
+    try:
+        assert sorted(d.drive_id for d in s.list_drives()) == [f"p{i}" for i in range(5)]
+        assert s._drives.relists == 1
+        cached = s._drives.get("p0")
+        assert cached is not None and "creationTimestamp" not in cached["metadata"]
+        assert "managedFields" not in cached["metadata"] and cached["metadata"]["uid"]
+        assert s.update_drive("p0", schedulable=False).schedulable is False  # a write from a slim copy
+        got = client.CustomObjectsApi(cluster.api_client).get_cluster_custom_object(GROUP, VERSION, DRIVES, "p0")
+        assert cast(Dict[str, Any], got)["metadata"]["creationTimestamp"]  # the server kept it
+    finally:
+        s.close()
