@@ -13,8 +13,8 @@ what uses it through its constructor: the per-volume in-flight table the control
 services share, the controller's ``on_delete`` (the node purges the volume's directory), the
 drive registry's ``on_probe``/``on_orphans`` (the DirectPVNode report), the uevent monitor and
 the init-request watcher (both wake the registry), the kubelet registration, the observe
-endpoints and the reconcile loop. Nothing is patched onto an object after it is made
-(``observe.metrics.instrument`` wraps the servicers' methods before the gRPC server sees them).
+endpoints with the CSI call counter (a gRPC server interceptor) and the reconcile loop. Nothing is
+patched onto an object after it is made.
 
 Modules with heavy imports (the Kubernetes client, pyudev) are imported only by the roles that
 use them: `standalone` on the embedded store never loads the Kubernetes client.
@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # imported at run time only by the roles that use them
     from .kube.store import KubeStore
     from .node.uevents import UeventMonitor
     from .observe.endpoints import ObserveServer
-    from .observe.metrics import ReconcileMetrics
+    from .observe.metrics import CallCounter, ReconcileMetrics
     from .observe.reconcile import ReconcileLoop
 
 log = logging.getLogger("directpv_csi.standalone")
@@ -111,6 +111,7 @@ class App:
     servicers: List[Servicer]
     registry: Optional[DriveRegistry] = None
     observe: Optional[ObserveServer] = None
+    calls: Optional[CallCounter] = None  # counts the CSI calls for /metrics (a server interceptor)
     reconciler: Optional[ReconcileLoop] = None
     reporter: Optional[NodeReporter] = None
     initializer: Optional[InitRequestWatcher] = None
@@ -143,7 +144,8 @@ class App:
                     self._started.append(self.uevents.stop)
                 else:
                     self.uevents = None  # the periodic scan (--sync-interval) stays, alone
-            return create_server(self.settings.csi_endpoint, *self.servicers, max_workers=self.settings.workers)
+            return create_server(self.settings.csi_endpoint, *self.servicers, max_workers=self.settings.workers,
+                                 interceptors=[self.calls] if self.calls is not None else [])
         except BaseException:
             self.stop()
             raise
@@ -335,14 +337,14 @@ def _wire(settings: Settings, store: ServedStore, kube: Optional[KubeStore], loc
     if registry is not None:
         servicers.append(NodeServicer(registry.config, store, registry, inflight=inflight))
     reconciles = settings.serve_controller and settings.reconcile_interval > 0 and kube is not None
-    observe, reconcile_metrics = None, None
+    observe, calls, reconcile_metrics = None, None, None
     if settings.metrics_address:  # binds now: a taken port fails here, before anything starts
-        observe, reconcile_metrics = _observe(settings, store, registry, servicers, identity, reconciles)
+        observe, calls, reconcile_metrics = _observe(settings, store, registry, identity, reconciles)
     reconciler = None
     if reconciles and kube is not None:
         reconciler = _reconciler(kube, settings, reconcile_metrics)
     return App(settings=settings, store=store, identity=identity, servicers=servicers, registry=registry,
-               observe=observe, reconciler=reconciler, reporter=reporter, initializer=initializer,
+               observe=observe, calls=calls, reconciler=reconciler, reporter=reporter, initializer=initializer,
                uevents=uevents, registration=registration, lock_fd=lock_fd)
 
 
@@ -422,21 +424,20 @@ def _registration(settings: Settings) -> Optional[KubeletRegistration]:
     return KubeletRegistration(settings.registration_dir, settings.kubelet_registration_path or csi, csi)
 
 
-def _observe(settings: Settings, store: ServedStore, registry: Optional[DriveRegistry], servicers: Sequence[Servicer],
-             identity: IdentityServicer, reconciles: bool) -> Tuple[ObserveServer, Optional[ReconcileMetrics]]:
-    """The metrics/health HTTP server (bound, not started): process and CSI call metrics; on a
-    node, the volume and drive series; in the controller, the reconcile counters (returned too)."""
+def _observe(settings: Settings, store: ServedStore, registry: Optional[DriveRegistry], identity: IdentityServicer,
+             reconciles: bool) -> Tuple[ObserveServer, CallCounter, Optional[ReconcileMetrics]]:
+    """The metrics/health HTTP server (bound, not started) with the process metrics; the CSI call
+    counter (the gRPC server's interceptor); on a node, the volume and drive series; in the
+    controller, the reconcile counters."""
     from .observe import metrics
     from .observe.endpoints import ObserveServer
 
     reg = metrics.new_registry()
-    calls = metrics.call_counter(reg)
-    for servicer in servicers:
-        metrics.instrument(servicer, calls)
+    calls = metrics.CallCounter(metrics.call_counter(reg))
     if registry is not None:
         reg.register(metrics.NodeCollector(registry.config.node_id, store, registry))
     reconcile_metrics = metrics.ReconcileMetrics(reg) if reconciles else None
-    return ObserveServer(settings.metrics_address, reg, identity.not_ready), reconcile_metrics
+    return ObserveServer(settings.metrics_address, reg, identity.not_ready), calls, reconcile_metrics
 
 
 def _reconciler(kube: KubeStore, settings: Settings, metrics: Optional[ReconcileMetrics]) -> ReconcileLoop:

@@ -14,7 +14,7 @@ import socket
 import stat
 import threading
 from concurrent import futures
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -65,15 +65,16 @@ def _clear_stale_socket(path: str) -> None:
     raise FailedPrecondition(f"another server listens on {path}", "stop it or choose another endpoint")
 
 
-def create_server(endpoint: str, *servicers: Any, max_workers: int = 16,
-                  start: bool = True) -> Tuple[grpc.Server, str]:
+def create_server(endpoint: str, *servicers: Any, max_workers: int = 16, start: bool = True,
+                  interceptors: Sequence[grpc.ServerInterceptor] = ()) -> Tuple[grpc.Server, str]:
     """A server on the unix socket of ``endpoint`` serving each servicer (Identity,
-    Controller, Node: any subset) and grpc.health.v1 ("" and each CSI service)."""
+    Controller, Node: any subset) and grpc.health.v1 ("" and each CSI service); ``interceptors``
+    see every call (observe/metrics.py: CallCounter)."""
     path = socket_path(endpoint)
     os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
     _clear_stale_socket(path)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="csi"),
-                         options=[("grpc.so_reuseport", 0)])
+                         options=[("grpc.so_reuseport", 0)], interceptors=list(interceptors) or None)
     health_servicer = health.HealthServicer()
     names = []
     for servicer in servicers:

@@ -45,7 +45,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from ..core.models import DRIVE_READY, Volume
-from ..csi.proto import csi_pb2, csi_pb2_grpc
+from ..csi.proto import csi_pb2
 from ..device.sysfs import read_block_stat
 from ..node import volumes as _volumes
 from ..node.registry import DriveRegistry
@@ -146,32 +146,37 @@ def new_registry() -> CollectorRegistry:
 
 # --- CSI calls by method and code --------------------------------------------------------
 
-_SERVICES = (
-    (csi_pb2_grpc.IdentityServicer, "Identity"),
-    (csi_pb2_grpc.ControllerServicer, "Controller"),
-    (csi_pb2_grpc.NodeServicer, "Node"),
-)
-
-
 def call_counter(registry: CollectorRegistry) -> Counter:
     return Counter("directpv_csi_calls", "CSI calls served, by method and gRPC status code",
                    ("method", "code"), registry=registry)
 
 
-def instrument(servicer: Any, calls: Counter) -> None:
-    """Count every CSI call ``servicer`` answers in ``calls`` (labels method, code).
+class CallCounter(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Counts every CSI call the server answers in ``calls`` (labels method, code): OK, or the code
+    the call ended with (``@rpc`` aborts with the domain error's code; unimplemented methods set
+    UNIMPLEMENTED). A server interceptor (``create_server(..., interceptors=[...])``): the servicers
+    stay as they were made. grpc.health.v1 calls are not counted."""
 
-    Each RPC method of the servicer's CSI service is replaced, on this instance only, by a
-    wrapper that counts the outcome: OK, or the code the call ended with (``@rpc`` aborts with
-    the domain error's code; unimplemented methods set UNIMPLEMENTED). Call before the
-    servicer is added to the gRPC server (create_server), which looks the methods up once.
-    """
-    services = [name for base, name in _SERVICES if isinstance(servicer, base)]
-    if not services:
-        raise TypeError(f"{type(servicer).__name__} is not a CSI servicer")
-    service = services[0]
-    for method in csi_pb2.DESCRIPTOR.services_by_name[service].methods:
-        setattr(servicer, method.name, _counted(method.name, getattr(servicer, method.name), calls))
+    def __init__(self, calls: Counter) -> None:
+        self.calls = calls
+        self._handlers: dict[str, Any] = {}  # method -> counting handler (one per method)
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        method: str = details.method
+        counted = self._handlers.get(method)
+        if counted is not None:
+            return counted
+        handler = continuation(details)
+        if handler is None or not method.startswith(_CSI_PREFIX) or handler.unary_unary is None:
+            return handler  # unknown method, health checks: as they are
+        counted = grpc.unary_unary_rpc_method_handler(
+            _counted(method.rsplit("/", 1)[-1], handler.unary_unary, self.calls),
+            request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+        self._handlers[method] = counted
+        return counted
+
+
+_CSI_PREFIX = "/" + csi_pb2.DESCRIPTOR.package + "."  # "/csi.v1.": every CSI call is unary-unary
 
 
 def _counted(name: str, fn: Callable[[Any, grpc.ServicerContext], Any], calls: Counter) -> Callable[..., Any]:
