@@ -24,7 +24,7 @@ SEEN_MAX = 16384  # (name, resourceVersion) pairs the watch delivered, remembere
 # came (bench/kube_bench.py measures both in one run)
 SLIM = os.environ.get("DIRECTPV_CSI_CACHE_SLIM", "1") != "0"
 _DROPPED_META = ("managedFields", "creationTimestamp")
-_UNIQUE = frozenset(("uid", "resourceVersion", "name"))
+_UNIQUE = frozenset(("uid", "resourceVersion", "mountpoint"))  # one value per object: nothing to share
 
 
 def _interned(value: Any, key: str = "") -> Any:
