@@ -90,6 +90,7 @@ from ..store.base import (
     check_new_volume,
     check_restored_volume,
     check_volume_changes,
+    restored_already,
 )
 from . import events as ev
 from .crds import apply_crds, load_crds
@@ -179,6 +180,18 @@ class _EventSink:
                                          _content_type="application/merge-patch+json",
                                          _request_timeout=EVENT_TIMEOUT_S)
 
+
+
+def _volume_object(volume: Volume, node: str, project_id: int, uid: str, params: dict[str, str]) -> Obj:
+    """The DirectPVVolume object of a reserved or restored volume (its ledger record is on the drive)."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVVolume",
+        "metadata": {"name": object_name(volume.name), "finalizers": [FINALIZER],
+                     "labels": label_values({LABEL_NODE: node, LABEL_DRIVE: volume.drive_id})},
+        "spec": {"name": volume.name, "driveID": volume.drive_id, "node": node, "size": volume.size,
+                 "projectID": project_id, "parameters": params, "labels": dict(volume.labels),
+                 "createdAt": volume.created_at or time.time(), **({"uid": uid} if uid else {})},
+    }
 
 class KubeStore:
     """The Store port on DirectPVDrive/DirectPVVolume objects (see the module docstring).
@@ -498,14 +511,7 @@ class KubeStore:
 
         drive_obj, pid, uid, added = self._retry(f"reserving volume {volume.name}", reserve)
         node = drive_obj["spec"]["node"]
-        body: Obj = {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVVolume",
-            "metadata": {"name": object_name(volume.name), "finalizers": [FINALIZER],
-                         "labels": label_values({LABEL_NODE: node, LABEL_DRIVE: volume.drive_id})},
-            "spec": {"name": volume.name, "driveID": volume.drive_id, "node": node, "size": volume.size,
-                     "projectID": pid, "parameters": params, "labels": dict(volume.labels),
-                     "createdAt": volume.created_at or time.time(), **({"uid": uid} if uid else {})},
-        }
+        body = _volume_object(volume, node, pid, uid, params)
         # step 2: the volume object
         try:
             out = self._create(VOLUMES, body)
@@ -736,13 +742,9 @@ class KubeStore:
 
     def restore_volume(self, volume: Volume) -> Volume:
         check_restored_volume(volume)
-        existing = self.read_volume(volume.name)
+        existing = restored_already(self.read_volume(volume.name), volume)
         if existing is not None:
-            if existing.drive_id == volume.drive_id and existing.uid == volume.uid:
-                return existing
-            raise AlreadyExists(f"volume {volume.name} is recorded on drive {existing.drive_id} (uid "
-                                f"{existing.uid}); drive {volume.drive_id} holds another one (uid {volume.uid})",
-                                "both are kept; rename or remove one of them by hand")
+            return existing
         params = dict(volume.parameters)
 
         def ledger_op(attempt: int) -> Obj:
@@ -767,14 +769,7 @@ class KubeStore:
 
         drive_obj = self._retry(f"restoring volume {volume.name}", ledger_op)
         node = drive_obj["spec"]["node"]
-        body: Obj = {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVVolume",
-            "metadata": {"name": object_name(volume.name), "finalizers": [FINALIZER],
-                         "labels": label_values({LABEL_NODE: node, LABEL_DRIVE: volume.drive_id})},
-            "spec": {"name": volume.name, "driveID": volume.drive_id, "node": node, "size": volume.size,
-                     "projectID": volume.project_id, "parameters": params, "labels": dict(volume.labels),
-                     "createdAt": volume.created_at or time.time(), "uid": volume.uid},
-        }
+        body = _volume_object(volume, node, volume.project_id, volume.uid, params)
         try:
             out = self._create(VOLUMES, body)
         except ApiConflict as e:

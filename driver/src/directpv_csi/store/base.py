@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, Optional, Protocol, Sequence
 
-from ..core.errors import InvalidArgument
+from ..core.errors import AlreadyExists, InvalidArgument
 from ..core.models import DRIVE_STATUSES, VOLUME_STATUSES, Drive, Tombstone, Volume
 from ..core.validation import check_volume_name_length
 
@@ -167,6 +167,18 @@ def check_restored_volume(volume: Volume) -> None:
     if volume.project_id <= 0 or not volume.uid or not volume.drive_id:
         raise InvalidArgument(f"volume {volume.name}: a restored volume needs its drive, project id and uid",
                               "restore from the volume's on-drive metadata file")
+
+
+def restored_already(existing: Optional[Volume], volume: Volume) -> Optional[Volume]:
+    """restore_volume's rule for a name the store already records: the same incarnation on the same
+    drive is that record (idempotent); anything else is a conflict, reported and never resolved."""
+    if existing is None:
+        return None
+    if existing.drive_id == volume.drive_id and existing.uid == volume.uid:
+        return existing
+    raise AlreadyExists(f"volume {volume.name} is recorded on drive {existing.drive_id} (uid "
+                        f"{existing.uid}); drive {volume.drive_id} holds another one (uid {volume.uid})",
+                        "both are kept; rename or remove one of them by hand")
 
 
 def check_volume_changes(name: str, changes: Dict[str, object]) -> None:

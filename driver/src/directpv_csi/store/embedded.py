@@ -34,7 +34,6 @@ from dataclasses import replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..core.errors import (
-    AlreadyExists,
     Conflict,
     DirectPVError,
     FailedPrecondition,
@@ -50,6 +49,7 @@ from .base import (
     check_new_volume,
     check_restored_volume,
     check_volume_changes,
+    restored_already,
 )
 
 SCHEMA_VERSION = 2  # 2: volumes.uid, tombstones
@@ -632,13 +632,9 @@ class EmbeddedStore:
         check_restored_volume(volume)
 
         def op(db: sqlite3.Connection, ov: Dict[str, Optional[Drive]]) -> Volume:
-            existing = self._volume_row_of(db, volume.name)
+            existing = restored_already(self._volume_row_of(db, volume.name), volume)
             if existing is not None:
-                if existing.drive_id == volume.drive_id and existing.uid == volume.uid:
-                    return existing
-                raise AlreadyExists(f"volume {volume.name} is recorded on drive {existing.drive_id} (uid "
-                                    f"{existing.uid}); drive {volume.drive_id} holds another one (uid {volume.uid})",
-                                    "both are kept; rename or remove one of them by hand")
+                return existing
             drive = self._cur(ov, volume.drive_id)
             if drive is None:
                 raise NotFound(f"drive {volume.drive_id} is not registered", "register the drive first")
