@@ -5,12 +5,14 @@ would get whichever was imported first).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, Optional, Sequence, TypeVar
 
@@ -39,6 +41,36 @@ def backing_file(dev: str) -> str:
             return f.read().strip()
     except OSError:
         return ""
+
+
+def sha256_device(dev: str) -> str:
+    """sha256 of a whole block device: the proof that a refusal changed nothing."""
+    h = hashlib.sha256()
+    with open(dev, "rb") as f:
+        for chunk in iter(lambda: f.read(4 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_directpv_drive(dev: str, mount: Callable[[str], Path], volumes: int = 2) -> str:
+    """Lay ``dev`` out as MinIO DirectPV's initDevice + NodeStageVolume leave a drive (reference §3/§5):
+    ``mkfs.xfs -i maxpct=50 -m uuid=<uuid> -L DIRECTPV``, a ``.FSUUID.<uuid>`` link to ``.``,
+    ``.directpv/meta.info`` and ``volumes`` volume directories holding 2 MiB each. ``mount(dev)``
+    mounts it and returns the mount point; it is unmounted before returning. Returns the FSUUID."""
+    fsuuid = str(uuid.uuid4())
+    subprocess.run(["mkfs.xfs", "-q", "-i", "maxpct=50", "-m", f"uuid={fsuuid}", "-L", "DIRECTPV", dev], check=True)
+    mp = mount(dev)
+    try:
+        os.symlink(".", mp / f".FSUUID.{fsuuid}")
+        (mp / ".directpv").mkdir()
+        (mp / ".directpv" / "meta.info").write_text(f"APP_NAME=directpv\nAPP_VERSION=v4.1.6\nFSUUID={fsuuid}\n")
+        for i in range(volumes):
+            vol = mp / f".FSUUID.{fsuuid}" / f"pvc-{i:04d}-e7a1"  # the data path DirectPV stages
+            vol.mkdir()
+            (vol / "object.bin").write_bytes(os.urandom(2 << 20))
+    finally:
+        subprocess.run(["umount", str(mp)], check=True)
+    return fsuuid
 
 
 def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:

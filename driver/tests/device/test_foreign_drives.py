@@ -9,7 +9,6 @@ directories counted through a read-only loop device mounted ``ro,norecovery``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -28,19 +27,12 @@ from directpv_csi.device import mount as mount_mod
 from directpv_csi.device import ondisk
 from directpv_csi.device.probe import probe, probe_one
 
-from testsupport import backing_file, needs_root, needs_tool
+import testsupport
+from testsupport import backing_file, needs_root, needs_tool, sha256_device
 
 pytestmark = [needs_root, needs_tool("mkfs.xfs"), needs_tool("mkfs.ext4")]
 SIZE = "700M"  # above the judge's 512 MiB minimum
 LOOPS = JudgePolicy(allow_loop=True)
-
-
-def sha256_device(dev: str) -> str:
-    h = hashlib.sha256()
-    with open(dev, "rb") as f:
-        for chunk in iter(lambda: f.read(4 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def count_dirs_read_only(dev: str, tmp_path: Path, fstype: str = "xfs") -> List[str]:
@@ -83,19 +75,7 @@ def umount(mp: Path) -> None:
 
 
 def make_directpv_drive(dev: str, mounted: Callable[[str], Path], volumes: int = 2) -> str:
-    """A drive as MinIO DirectPV's initDevice + NodeStageVolume leave it; returns its FSUUID."""
-    fsuuid = str(uuid.uuid4())
-    subprocess.run(["mkfs.xfs", "-q", "-i", "maxpct=50", "-m", f"uuid={fsuuid}", "-L", "DIRECTPV", dev], check=True)
-    mp = mounted(dev)
-    os.symlink(".", mp / f".FSUUID.{fsuuid}")
-    (mp / ".directpv").mkdir()
-    (mp / ".directpv" / "meta.info").write_text(f"APP_NAME=directpv\nAPP_VERSION=v4.1.6\nFSUUID={fsuuid}\n")
-    for i in range(volumes):
-        vol = mp / f".FSUUID.{fsuuid}" / f"pvc-{i:04d}-e7a1"  # the data path DirectPV stages
-        vol.mkdir()
-        (vol / "object.bin").write_bytes(os.urandom(2 << 20))
-    umount(mp)
-    return fsuuid
+    return testsupport.make_directpv_drive(dev, mounted, volumes)
 
 
 def test_directpv_drive_is_refused_everywhere_and_left_unchanged(

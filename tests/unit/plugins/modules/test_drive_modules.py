@@ -7,11 +7,9 @@ device's signature is unchanged and execute_format is never reached), and error 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator
 
@@ -19,7 +17,7 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.directpv.csi.plugins.modules import drive, drive_info, drive_select
 
-from testsupport import needs_root, needs_tool
+from testsupport import make_directpv_drive, needs_root, needs_tool, sha256_device
 
 pytestmark = [needs_root, needs_tool("mkfs.xfs")]
 
@@ -167,32 +165,18 @@ def test_absent_refuses_while_volumes_live_then_wipes(
     assert r["changed"] is False and "not a DirectPV drive" in r["msg"]
 
 
-def sha256_device(dev: str) -> str:
-    h = hashlib.sha256()
-    with open(dev, "rb") as f:
-        for chunk in iter(lambda: f.read(4 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @pytest.fixture
 def directpv_drive(loopdev: Callable[..., str], tmp_path: Path) -> str:
     """A MinIO DirectPV drive as its initDevice and NodeStageVolume leave it, with two volumes holding data."""
     d = loopdev("600M")
-    fsuuid = str(uuid.uuid4())
-    subprocess.run(["mkfs.xfs", "-q", "-i", "maxpct=50", "-m", f"uuid={fsuuid}", "-L", "DIRECTPV", d], check=True)
-    mp = tmp_path / "dpv"
-    mp.mkdir()
-    subprocess.run(["mount", d, str(mp)], check=True)
-    try:
-        os.symlink(".", mp / f".FSUUID.{fsuuid}")
-        (mp / ".directpv").mkdir()
-        (mp / ".directpv" / "meta.info").write_text(f"APP_NAME=directpv\nAPP_VERSION=v4.1.6\nFSUUID={fsuuid}\n")
-        for name in ("pvc-a", "pvc-b"):
-            (mp / f".FSUUID.{fsuuid}" / name).mkdir()
-            (mp / name / "data.bin").write_bytes(os.urandom(1 << 20))
-    finally:
-        subprocess.run(["umount", str(mp)], check=True)
+
+    def mount(dev: str) -> Path:
+        mp = tmp_path / "dpv"
+        mp.mkdir()
+        subprocess.run(["mount", dev, str(mp)], check=True)
+        return mp
+
+    make_directpv_drive(d, mount, volumes=2)
     return d
 
 
