@@ -226,7 +226,7 @@ def test_a_burst_larger_than_the_queue_loses_no_event(cluster: KubeStoreCluster)
     from directpv_csi.kube.store import _EventSink
 
     sink = _EventSink(cluster.new_client())
-    rec = ev.EventRecorder(sink, INSTANCE, queue_size=12)
+    rec = ev.EventRecorder(sink, INSTANCE, queue_size=12, similar_max=0)  # combining: the next test
     prefix = f"burst-{uuid.uuid4().hex[:8]}-"
     objs = [ev.Regarding("DirectPVVolume", f"{prefix}{i}", str(uuid.uuid4())) for i in range(12)]
     for _ in range(50):
@@ -238,6 +238,33 @@ def test_a_burst_larger_than_the_queue_loses_no_event(cluster: KubeStoreCluster)
     assert [(e.get("series") or {}).get("count") for e in got] == [50] * 12
     assert (rec.created, rec.aggregated, rec.shed, rec.failed) == (12, 12 * 49, 0, 0)
     assert rec.coalesced > 0 and rec.stats()["coalesced"] == rec.coalesced
+
+
+def test_similar_events_about_many_objects_are_combined_and_counted(cluster: KubeStoreCluster) -> None:
+    """45 volumes provisioned (one Normal event each, different objects) and 15 drives lost (Warnings):
+    the first 10 provisioned are Events of their own, the other 35 one combined series (note
+    "(combined from similar events): ...", series.count 35, counted as ``combined``); every Warning
+    stays its own Event; nothing is shed or lost: the counts add up to the 60 events emitted."""
+    from directpv_csi.kube.store import _EventSink
+
+    rec = ev.EventRecorder(_EventSink(cluster.new_client()), INSTANCE, queue_size=1000)
+    prefix = f"similar-{uuid.uuid4().hex[:8]}-"
+    for i in range(45):
+        rec.emit(ev.Regarding("DirectPVVolume", f"{prefix}v{i:02d}", str(uuid.uuid4())), ev.NORMAL,
+                 ev.VOLUME_PROVISIONED, "Provision", f"volume {prefix}v{i:02d}: 1 GiB reserved")
+    for i in range(15):
+        rec.emit(ev.Regarding("DirectPVDrive", f"{prefix}d{i:02d}", str(uuid.uuid4())), ev.WARNING, ev.DRIVE_LOST,
+                 "Probe", f"drive {prefix}d{i:02d} lost")
+    rec.close(timeout_s=20)
+    volumes = events_regarding_name(cluster, "DirectPVVolume", prefix)
+    combined = [e for e in volumes if e["note"].startswith(ev.COMBINED_PREFIX)]
+    single = sorted(e["regarding"]["name"] for e in volumes if e not in combined)
+    assert single == [f"{prefix}v{i:02d}" for i in range(10)]
+    assert len(combined) == 1 and combined[0]["regarding"]["name"] == f"{prefix}v10"
+    assert (combined[0].get("series") or {}).get("count") == 35
+    drives = events_regarding_name(cluster, "DirectPVDrive", prefix)
+    assert sorted(e["regarding"]["name"] for e in drives) == [f"{prefix}d{i:02d}" for i in range(15)]
+    assert (rec.created, rec.combined, rec.aggregated, rec.shed, rec.failed) == (26, 35, 34, 0, 0)
 
 
 def test_a_full_queue_sheds_distinct_events_counted_and_logged(cluster: KubeStoreCluster,

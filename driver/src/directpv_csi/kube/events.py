@@ -51,6 +51,17 @@ series. The first is created; the repeats only increment a counter in memory, an
 patches ``series: {count, lastObservedTime}`` at most once per ``series_flush_s`` per series (and
 at close). A drive that flaps between Ready and Lost a thousand times makes two Events and a few
 patches, not 2,000 objects in etcd.
+
+Similar events, as client-go's ``EventAggregator`` combines them: Normal events with the same kind
+of regarding object, reason and action but about *different* objects (a StatefulSet's volumes
+provisioned one after another) are sent one by one up to ``similar_max`` (10, client-go's) within
+``similar_window_s`` (10 minutes, client-go's; the window runs on while similar events keep coming).
+Past that, each becomes one occurrence of a single combined series per (kind, reason, action): its
+Event regards the first object combined, its note starts ``(combined from similar events):`` and its
+``series.count`` is the number of occurrences; every combined occurrence is counted (``combined``).
+So the Events a provisioning burst costs the API server do not grow with the burst (at 300 volumes/s
+they would double its writes), and none is lost: the count says how many, the DirectPVVolume objects
+and the provisioner's PVC events say which. Warnings are never combined: each stays its own Event.
 """
 
 from __future__ import annotations
@@ -61,7 +72,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional, Protocol, Tuple
+from typing import Any, Dict, Optional, Protocol, Set, Tuple
 
 log = logging.getLogger("directpv_csi.store.events")  # the name operators filter on (kept from store/)
 
@@ -92,6 +103,9 @@ NOTE_MAX = 1024  # the API server refuses longer notes (events.k8s.io/v1 validat
 WINDOW_S = 360.0  # client-go: isomorphic events within 6 minutes form one series
 SERIES_FLUSH_S = 30.0
 QUEUE_SIZE = 1000
+SIMILAR_MAX = 10  # client-go EventAggregator: defaultAggregateMaxEvents
+SIMILAR_WINDOW_S = 600.0  # client-go EventAggregator: defaultAggregateIntervalInSeconds
+COMBINED_PREFIX = "(combined from similar events): "
 LOG_EVERY_S = 60.0
 
 Obj = Dict[str, Any]
@@ -116,6 +130,9 @@ class Regarding:
     api_version: str = API_VERSION
 
 
+Key = Tuple[str, str, str, str]
+
+
 @dataclass
 class Event:
     regarding: Regarding
@@ -126,14 +143,20 @@ class Event:
     at: float = field(default_factory=time.time)
     count: int = 1  # occurrences this queued event stands for (repeats folded in while it waited)
     last: float = 0.0  # when the last of them happened (0: ``at``)
-
-
-Key = Tuple[str, str, str, str]
+    key: Optional[Key] = None  # its series (None: key_of its regarding object, reason, type, action)
 
 
 def key_of(regarding: Regarding, type_: str, reason: str, action: str) -> Key:
     """What makes two events one series: the regarding object (its uid, else kind/name), reason, type, action."""
     return (regarding.uid or f"{regarding.kind}/{regarding.name}", reason, type_, action)
+
+
+@dataclass
+class _Similar:
+    """The distinct objects seen for one (kind, reason, action) of Normal events in the window."""
+
+    last: float
+    keys: Set[Key] = field(default_factory=set)
 
 
 @dataclass
@@ -185,7 +208,8 @@ class EventRecorder:
 
     def __init__(self, sink: Sink, instance: str, namespace: str = DEFAULT_NAMESPACE, enabled: bool = True,
                  queue_size: int = QUEUE_SIZE, window_s: float = WINDOW_S, series_flush_s: float = SERIES_FLUSH_S,
-                 log_every_s: float = LOG_EVERY_S) -> None:
+                 log_every_s: float = LOG_EVERY_S, similar_max: int = SIMILAR_MAX,
+                 similar_window_s: float = SIMILAR_WINDOW_S) -> None:
         if not instance:
             raise ValueError("an event recorder needs a reporting instance (the node or pod name)")
         self.enabled = enabled
@@ -201,6 +225,9 @@ class EventRecorder:
         self._flush_s = series_flush_s
         self._log_every_s = log_every_s
         self._series: Dict[Key, _Series] = {}
+        self._similar_max = similar_max  # 0: never combine
+        self._similar_window_s = similar_window_s
+        self._similar: Dict[Tuple[str, str, str], _Similar] = {}
         self._lock = threading.Lock()
         self._log_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
@@ -208,11 +235,13 @@ class EventRecorder:
         self._last_log = 0.0
         self._unlogged = 0
         # counters (tests, metrics): events created, repeats folded into a series (``coalesced``: of
-        # them, folded while still queued), series patches sent, distinct events shed because the
-        # queue was full (``dropped`` is the same number, its old name), API calls that failed
+        # them, folded while still queued), events about other objects folded into a combined series
+        # (``combined``), series patches sent, distinct events shed because the queue was full
+        # (``dropped`` is the same number, its old name), API calls that failed
         self.created = 0
         self.aggregated = 0
         self.coalesced = 0
+        self.combined = 0
         self.patched = 0
         self.shed = 0
         self.shed_by_reason: Dict[str, int] = {}
@@ -226,7 +255,7 @@ class EventRecorder:
         """Every counter (for metrics and log lines)."""
         with self._lock:
             return {"created": self.created, "aggregated": self.aggregated, "coalesced": self.coalesced,
-                    "patched": self.patched, "shed": self.shed, "failed": self.failed,
+                    "combined": self.combined, "patched": self.patched, "shed": self.shed, "failed": self.failed,
                     "queued": len(self._pending)}
 
     def emit(self, regarding: Regarding, type_: str, reason: str, action: str, note: str) -> None:
@@ -236,6 +265,10 @@ class EventRecorder:
         key = key_of(regarding, type_, reason, action)
         now = time.time()
         with self._lock:
+            if type_ == NORMAL and self._similar_max > 0 and self._combines(key, regarding.kind, reason, action, now):
+                self.combined += 1
+                key = (f"{COMBINED_PREFIX}{regarding.kind}", reason, type_, action)
+                note = COMBINED_PREFIX + note
             queued = self._pending.get(key)
             if queued is not None:  # a repeat of a queued event: one more occurrence of it
                 queued.count += 1
@@ -247,7 +280,7 @@ class EventRecorder:
                 self.shed_by_reason[reason] = self.shed_by_reason.get(reason, 0) + 1
                 shed = dict(self.shed_by_reason)
             else:
-                self._pending[key] = Event(regarding, type_, reason, action, note, at=now)
+                self._pending[key] = Event(regarding, type_, reason, action, note, at=now, key=key)
                 shed = None
         if shed is not None:
             self._log_failure(f"event queue full ({self._max_queued} distinct events waiting): shed {reason} "
@@ -257,6 +290,21 @@ class EventRecorder:
             return
         self._queue.put_nowait(key)
         self._start()
+
+    def _combines(self, key: Key, kind: str, reason: str, action: str, now: float) -> bool:
+        """Whether this Normal event joins its combined series: ``similar_max`` other objects had
+        one like it within the window (client-go's EventAggregator rule). Called under the lock."""
+        sim_key = (kind, reason, action)
+        sim = self._similar.get(sim_key)
+        if sim is None or now - sim.last >= self._similar_window_s:
+            sim = self._similar[sim_key] = _Similar(last=now)
+        sim.last = now
+        if key in sim.keys:
+            return False  # a repeat about the same object: its own series
+        if len(sim.keys) < self._similar_max:
+            sim.keys.add(key)
+            return False
+        return True
 
     def _start(self) -> None:
         with self._lock:
@@ -319,7 +367,7 @@ class EventRecorder:
                     self._queue.task_done()
 
     def _handle(self, ev: Event) -> None:
-        key = key_of(ev.regarding, ev.type, ev.reason, ev.action)
+        key = ev.key or key_of(ev.regarding, ev.type, ev.reason, ev.action)
         last = ev.last or ev.at
         cur = self._series.get(key)
         if cur is not None and ev.at - cur.last < self._window_s:
