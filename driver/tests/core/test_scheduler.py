@@ -6,6 +6,7 @@ from typing import Any, Dict
 
 import pytest
 from directpv_csi.core.models import DRIVE_LOST, Drive
+from directpv_csi.core.reservation import reservation_refusal
 from directpv_csi.core.scheduler import (
     PLACEMENT_BIN_PACK,
     PLACEMENT_MOST_FREE,
@@ -103,3 +104,27 @@ def test_cost_is_linear_in_candidates_only() -> None:
     cands = [d(f"x{i:02d}", total=(i + 1) * GiB) for i in range(10)]
     dec = choose(cands, Request(size=GiB))
     assert dec.drive is not None and dec.drive.drive_id == "x09"
+
+
+def test_one_rule_for_the_choice_the_reasons_and_the_stores_check() -> None:
+    """choose(), refusal_reason and the stores' reservation check (exact wording) refuse the same
+    drives for the same first reason: sift is their one home."""
+    drives = [
+        d("ok"),
+        d("full", total=GiB, allocated=GiB - MiB),
+        d("over", total=GiB, allocated=2 * GiB),  # shrunk under its volumes: nothing free, never negative
+        d("cordoned", schedulable=False),
+        d("lost", status=DRIVE_LOST, schedulable=False),
+    ]
+    req = Request(size=GiB)
+    dec = choose(drives, req)
+    assert dec.drive is not None and dec.drive.drive_id == "ok"
+    human = {r.drive_id: r.reason for r in dec.refusals}
+    assert human == {d_.drive_id: refusal_reason(d_, req) for d_ in drives if d_.drive_id != "ok"}
+    assert human["over"] == "has 0 B free, needs 1 GiB"
+    exact = {d_.drive_id: reservation_refusal(d_, GiB) for d_ in drives}
+    assert exact == {"ok": "", "full": f"has {MiB} bytes free, needs {GiB}", "over": f"has 0 bytes free, needs {GiB}",
+                     "cordoned": "is Ready, cordoned", "lost": "is Lost, cordoned"}
+    assert {k for k, v in exact.items() if v} == set(human)
+    # nothing asked (size 0): status and cordon only, as the stores ask before the generation
+    assert [reservation_refusal(d_, 0) for d_ in drives] == ["", "", "", "is Ready, cordoned", "is Lost, cordoned"]

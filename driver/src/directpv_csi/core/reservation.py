@@ -9,7 +9,9 @@ decide with these functions:
   otherwise AlreadyExists.
 * :func:`reservation_refusal` / :func:`check_reservable`: may this drive take ``size`` more
   bytes now — Ready, schedulable (not cordoned), the generation the caller read, ``free >= size``;
-  otherwise Conflict (the caller picks again).
+  otherwise Conflict (the caller picks again). The drive's part is the scheduler's own rule
+  (core/scheduler.py ``drive_refusal``, asked about the size only): a drive the controller chose
+  is re-checked by the store with the same test.
 * :func:`smallest_unused`: the project ID of a new volume — the smallest integer > 0 that no
   volume or tombstone of the drive holds.
 """
@@ -19,7 +21,8 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Optional
 
 from .errors import AlreadyExists, Conflict
-from .models import DRIVE_READY, Drive
+from .models import Drive
+from .scheduler import drive_refusal
 from .validation import size_fits
 
 SAME_REQUEST_HINT = "use another name, or repeat the original request"
@@ -48,12 +51,9 @@ def check_same_request(name: str, size: int, parameters: Mapping[str, str], requ
 
 
 def reservation_refusal(drive: Drive, size: int) -> str:
-    """Why ``drive`` cannot take a reservation of ``size`` bytes now ("" when it can)."""
-    if drive.status != DRIVE_READY or not drive.schedulable:
-        return f"is {drive.status}{'' if drive.schedulable else ', cordoned'}"
-    if drive.free < size:
-        return f"has {drive.free} bytes free, needs {size}"
-    return ""
+    """Why ``drive`` cannot take a reservation of ``size`` bytes now ("" when it can):
+    :func:`~.scheduler.drive_refusal` in the stores' wording (sizes in bytes)."""
+    return drive_refusal(drive, size, exact=True)
 
 
 def check_reservable(drive: Optional[Drive], drive_id: str, size: int,
@@ -61,11 +61,13 @@ def check_reservable(drive: Optional[Drive], drive_id: str, size: int,
     """``drive`` when it may take ``size`` bytes, else Conflict (the caller picks again).
 
     ``expected_generation``: the generation the caller's choice was made on; a drive at another
-    generation (or any re-read of it, ``reread=True``, when one was expected) has changed since."""
+    generation (or any re-read of it, ``reread=True``, when one was expected) has changed since.
+    The status (and cordon) is told before a changed generation, a changed generation before the room."""
     if drive is None:
         raise Conflict(f"drive {drive_id} is not registered", "pick another drive")
-    if drive.status != DRIVE_READY or not drive.schedulable:
-        raise Conflict(f"drive {drive.drive_id} {reservation_refusal(drive, 0)}", "pick another drive")
+    refusal = reservation_refusal(drive, 0)
+    if refusal:
+        raise Conflict(f"drive {drive.drive_id} {refusal}", "pick another drive")
     if expected_generation is not None and (reread or drive.generation != expected_generation):
         raise Conflict(f"drive {drive.drive_id} changed since it was read", "re-read and pick again")
     refusal = reservation_refusal(drive, size)

@@ -18,7 +18,7 @@ Ties break on the drive id, so a decision is deterministic.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import AbstractSet, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .models import DRIVE_READY, Drive
 from .units import format_size
@@ -53,24 +53,75 @@ class Decision:
     refusals: Tuple[Refusal, ...] = ()
 
 
-def refusal_reason(drive: Drive, request: Request, claimed: AbstractSet[str] = frozenset()) -> str:
-    """Why ``drive`` cannot take ``request`` ("" when it can). ``claimed``: drive ids that
-    already hold a volume of ``request.claim``."""
-    if drive.status != DRIVE_READY:
-        return f"is {drive.status}" + (f" ({drive.message})" if drive.message else "")
-    if not drive.schedulable:
-        return "cordoned"
-    if request.access_tier and drive.access_tier.lower() != request.access_tier.lower():
-        return f"access tier {drive.access_tier}, wants {request.access_tier}"
-    for key, want in request.labels.items():
+def sift(candidates: Iterable[Drive], size: int, tier: str = "", labels: Optional[Mapping[str, str]] = None,
+         claim: str = "", claimed: AbstractSet[str] = frozenset(), exclude: AbstractSet[str] = frozenset(),
+         *, exact: bool = False) -> Tuple[List[Drive], List[Refusal]]:
+    """The one home of "may this drive take this request": ``candidates`` split into the drives
+    that may take a new volume of ``size`` bytes and a :class:`Refusal` with the reason for each
+    other one (``exclude``: drive ids left out, not reported). Used by :func:`choose`, by
+    :func:`drive_refusal` / :func:`refusal_reason` for one drive, and so by both stores'
+    reservation check (core/reservation.py ``check_reservable``, which asks about the size only).
+
+    A drive may when, in this order: it is Ready; schedulable (not cordoned); of access ``tier``
+    ("" = any, case does not matter); every one of ``labels`` equals the drive's; it is not in
+    ``claimed`` when ``claim`` is set (drive ids already holding a volume of that
+    one-volume-per-drive claim); ``free >= size``. The first test that fails is the reason.
+    ``exact``: the stores' wording (the status with its cordon, sizes in bytes) instead of the
+    scheduler's (the drive's message, sizes rounded for people).
+
+    The tests are written out in the loop, not called per drive: a decision over every drive of
+    the cluster (no topology) stays as fast as a bare comparison."""
+    fits: List[Drive] = []
+    refusals: List[Refusal] = []
+    want_tier, ready, fit = tier.lower(), DRIVE_READY, fits.append
+    for d in candidates:
+        if d.drive_id in exclude:
+            continue
+        if d.status != ready:
+            if exact:
+                reason = f"is {d.status}" + ("" if d.schedulable else ", cordoned")
+            else:
+                reason = f"is {d.status}" + (f" ({d.message})" if d.message else "")
+        elif not d.schedulable:
+            reason = "is Ready, cordoned" if exact else "cordoned"
+        elif want_tier and d.access_tier.lower() != want_tier:
+            reason = f"access tier {d.access_tier}, wants {tier}"
+        elif labels and any(d.labels.get(k) != v for k, v in labels.items()):
+            reason = _label_refusal(d, labels)
+        elif claim and d.drive_id in claimed:
+            reason = f"already holds a volume of claim {claim}"
+        elif size > 0 and d.total - d.allocated < size:  # i.e. d.free < size, without the property
+            if exact:
+                reason = f"has {d.free} bytes free, needs {size}"
+            else:
+                reason = f"has {format_size(d.free)} free, needs {format_size(size)}"
+        else:
+            fit(d)
+            continue
+        refusals.append(Refusal(d.drive_id, d.node, reason))
+    return fits, refusals
+
+
+def _label_refusal(drive: Drive, labels: Mapping[str, str]) -> str:
+    for key, want in labels.items():
         have = drive.labels.get(key)
         if have != want:
             return f"label {key}={want} wanted, has " + ("none" if have is None else f"{key}={have}")
-    if request.claim and drive.drive_id in claimed:
-        return f"already holds a volume of claim {request.claim}"
-    if drive.free < request.size:
-        return f"has {format_size(drive.free)} free, needs {format_size(request.size)}"
     return ""
+
+
+def drive_refusal(drive: Drive, size: int, tier: str = "", labels: Optional[Mapping[str, str]] = None,
+                  claim: str = "", claimed: AbstractSet[str] = frozenset(), *, exact: bool = False) -> str:
+    """Why ``drive`` cannot take a new volume of ``size`` bytes ("" when it can): :func:`sift`
+    of the one drive."""
+    _, refusals = sift((drive,), size, tier, labels, claim, claimed, exact=exact)
+    return refusals[0].reason if refusals else ""
+
+
+def refusal_reason(drive: Drive, request: Request, claimed: AbstractSet[str] = frozenset()) -> str:
+    """Why ``drive`` cannot take ``request`` ("" when it can; :func:`drive_refusal`). ``claimed``:
+    drive ids that already hold a volume of ``request.claim``."""
+    return drive_refusal(drive, request.size, request.access_tier, request.labels, request.claim, claimed)
 
 
 def _key(placement: str) -> Callable[[Drive], Tuple[int, int, str]]:
@@ -87,26 +138,12 @@ def choose(candidates: Iterable[Drive], request: Request, claimed: AbstractSet[s
     """The best drive among ``candidates`` for ``request``, or every refusal.
 
     ``exclude``: drive ids already tried and lost in this request (not reported).
-    One cheap pass keeps the drives that fit; reasons are worked out only for the
-    refused ones, so a decision over many drives stays fast."""
-    size, tier, labels = request.size, request.access_tier.lower(), request.labels
-    claim = request.claim
-    fits: List[Drive] = []
-    others: List[Drive] = []
-    for d in candidates:
-        if d.drive_id in exclude:
-            continue
-        if (d.status == DRIVE_READY and d.schedulable and d.total - d.allocated >= size
-                and (not tier or d.access_tier.lower() == tier)
-                and (not labels or all(d.labels.get(k) == v for k, v in labels.items()))
-                and (not claim or d.drive_id not in claimed)):
-            fits.append(d)
-        else:
-            others.append(d)
-    refusals = tuple(Refusal(d.drive_id, d.node, refusal_reason(d, request, claimed)) for d in others)
+    One pass over the candidates (:func:`sift`)."""
+    fits, refusals = sift(candidates, request.size, request.access_tier, request.labels, request.claim,
+                          claimed, exclude)
     if not fits:
-        return Decision(None, refusals)
-    return Decision(min(fits, key=_key(request.placement)), refusals)
+        return Decision(None, tuple(refusals))
+    return Decision(min(fits, key=_key(request.placement)), tuple(refusals))
 
 
 def summarize(refusals: Sequence[Refusal], limit: int = 20) -> str:
