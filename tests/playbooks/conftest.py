@@ -1,4 +1,5 @@
-"""Helpers for tests that run the real ``ansible-playbook`` of the venv on this host.
+"""Fixtures for tests that run the real ``ansible-playbook`` of the venv on this host (what they
+share besides fixtures, such as :class:`Run`, is in playbook_helpers.py).
 
 Every inventory host uses ``ansible_connection: local`` and this interpreter; each host
 gets its own loop devices (attached by the ``loopdev`` fixture of the root conftest)
@@ -11,58 +12,13 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-
-def blkid(dev: str) -> Dict[str, str]:
-    out = subprocess.run(["blkid", "-p", "-o", "export", dev], capture_output=True, text=True, check=False).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
-@dataclass
-class Run:
-    rc: int
-    data: Dict[str, Any]
-    stderr: str
-    stdout: str = ""
-    _failures: List[Tuple[str, str, str]] = field(default_factory=list)
-
-    @property
-    def stats(self) -> Dict[str, Dict[str, int]]:
-        return dict(self.data.get("stats", {}))
-
-    def changed(self, host: str) -> int:
-        return int(self.stats[host]["changed"])
-
-    def failures(self) -> List[Tuple[str, str, str]]:
-        """(host, task name, message) of every failed task result."""
-        out = []
-        for play in self.data.get("plays", []):
-            for task in play.get("tasks", []):
-                for host, res in task.get("hosts", {}).items():
-                    if res.get("failed"):
-                        out.append((host, task["task"]["name"], str(res.get("msg", ""))))
-        return out
-
-    def messages(self, host: str) -> List[str]:
-        """Messages of the failed task results of ``host``."""
-        return [msg for h, _task, msg in self.failures() if h == host]
-
-    def results(self, task_name: str) -> Dict[str, Dict[str, Any]]:
-        for play in self.data.get("plays", []):
-            for task in play.get("tasks", []):
-                name = task["task"]["name"]
-                if name == task_name or name.endswith(" : " + task_name):  # role tasks: "<role> : <name>"
-                    return dict(task["hosts"])
-        raise KeyError(task_name)
+from .playbook_helpers import BIN, REPO, Run
 
 
 @pytest.fixture

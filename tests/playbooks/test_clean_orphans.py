@@ -19,7 +19,7 @@ from csi.csi_helpers import Standalone, format_loop_drive, unmount_under
 
 from testsupport import PYTHON, needs_root, needs_tool
 
-from .conftest import Run
+from .playbook_helpers import Run
 
 pytestmark = [needs_root, needs_tool("mkfs.xfs"), pytest.mark.slow]
 

@@ -19,7 +19,7 @@ import yaml
 
 from testsupport import needs_root, needs_tool
 
-from .conftest import Run, blkid
+from .playbook_helpers import Run, blkid
 
 pytestmark = [needs_root, needs_tool("mkfs.xfs"), needs_tool("mkfs.ext4"), pytest.mark.slow]
 

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from .conftest import REPO, Run
+from .playbook_helpers import REPO, Run
 
 pytestmark = [pytest.mark.slow]
 

@@ -24,7 +24,7 @@ from kube.controlplane import ControlPlane
 from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
-from .conftest import REPO, Run
+from .playbook_helpers import REPO, Run
 
 pytestmark = [pytest.mark.slow]
 
