@@ -75,7 +75,7 @@ class NodeReporter:
     ``report(devices)`` is the registry's ``on_probe`` hook; ``on_refresh`` is called (from the
     watch thread) when an operator sets ``spec.refresh``: the registry probes again at once."""
 
-    def __init__(self, api_client: Any, node: str, policy: JudgePolicy,
+    def __init__(self, api_client: k8s.ApiClient, node: str, policy: JudgePolicy,
                  on_refresh: Optional[Callable[[], None]] = None) -> None:
         self.node = node
         self.policy = policy
@@ -291,7 +291,7 @@ class InitRequestWatcher:
     nodes, the unlabelled ones (``!directpv.dev/node``); a request labelled for another node never
     reaches it. A node name that is no label value watches every request, as before."""
 
-    def __init__(self, api_client: Any, node: str, handle: Handler,
+    def __init__(self, api_client: k8s.ApiClient, node: str, handle: Handler,
                  on_formatted: Optional[Callable[[], None]] = None,
                  events: Optional[ev.EventRecorder] = None) -> None:
         self.node = node
