@@ -14,6 +14,14 @@ started here, as tests/kube/controlplane.py starts it). One command, prints figu
    the API server served (its own apiserver_request_total), and the same figures for the
    embedded store (`directpv-csi standalone --no-node`, SQLite synchronous=FULL, the same drives)
    as a ratio. Then every volume is deleted concurrently (DeleteVolume rate).
+   Events: once the controller has stopped (it sends its queued Events and series counts at
+   exit), the VolumeProvisioned/VolumeReleased occurrences on the API server (one per Event, or
+   its series.count) are counted against the calls made: none may be missing.
+   The floor: each API write a CreateVolume makes (the DirectPVVolume create, the drive's ledger
+   status write, an Event create) sent alone by 8 threads of this process, with the CPU the
+   kube-apiserver and etcd spend per request, against a no-op GET /version: what the API server
+   costs per CreateVolume before the controller does any work, and the rate the machine's CPUs
+   allow at that cost.
 2. Controller RSS holding --rss-drives drives in its watch cache: drive objects created
    concurrently (spec, then status), a fresh controller started, waited for until GetCapacity
    reports the sum of all drives (its informer listed them), then VmRSS/VmHWM from
@@ -41,7 +49,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "driver" / "src"))
@@ -52,9 +60,12 @@ import grpc  # noqa: E402
 from directpv_csi.core.models import Drive  # noqa: E402
 from directpv_csi.csi.proto import csi_pb2 as pb  # noqa: E402
 from directpv_csi.csi.proto import csi_pb2_grpc as pbg  # noqa: E402
+from directpv_csi.kube import events as kube_events  # noqa: E402
+from directpv_csi.kube.objects import DRIVES, GROUP, VERSION, VOLUMES  # noqa: E402
 from directpv_csi.kube.store import KubeStore, apply_crds  # noqa: E402
 from directpv_csi.store.embedded import EmbeddedStore  # noqa: E402
 from kube.controlplane import ControlPlane, find_binaries, launch, shutdown, tools_dir  # noqa: E402
+from kubernetes import client as k8s  # noqa: E402
 
 from testsupport import DriverProcess  # noqa: E402
 
@@ -269,6 +280,73 @@ def throughput(server: Server, prefix: str, nodes: Sequence[str], clients_list: 
     return figures, names
 
 
+def event_occurrences(cp: ControlPlane, reasons: Sequence[str]) -> Dict[str, Tuple[int, int]]:
+    """{reason: (occurrences, Event objects)} of the controller's Events (csi.directpv.dev) in ``default``."""
+    listed = k8s.EventsV1Api(cp.api_client).list_namespaced_event("default")
+    out = {r: (0, 0) for r in reasons}
+    for e in listed.items:
+        if e.reporting_controller == kube_events.REPORTING_CONTROLLER and e.reason in out:
+            n, objs = out[e.reason]
+            out[e.reason] = (n + (e.series.count if e.series is not None else 1), objs + 1)
+    return out
+
+
+def floor(cp: ControlPlane, drive_ids: Sequence[str], n: int, threads: int = 8) -> Dict[str, float]:
+    """API server + etcd CPU (ms) per request of each write a CreateVolume makes, sent alone by
+    ``threads`` threads (raw client calls, no controller): the cost below which no controller gets."""
+    api = k8s.CustomObjectsApi(cp.api_client)
+    events_api = k8s.EventsV1Api(cp.api_client)
+    version_api = k8s.VersionApi(cp.api_client)
+    pids = {name: p.popen.pid for name, p in cp.procs.items()}
+    tag = f"{random.getrandbits(32):08x}"
+    drives: List[Dict[str, Any]] = [cast(Dict[str, Any], api.get_cluster_custom_object(GROUP, VERSION, DRIVES, d))
+                                    for d in drive_ids[:n]]
+
+    def volume_create(i: int) -> Any:
+        name = f"floor-{tag}-{i:05d}"
+        return api.create_cluster_custom_object(GROUP, VERSION, VOLUMES, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DirectPVVolume",
+            "metadata": {"name": name, "labels": {"directpv.dev/node": "node-0000",
+                                                   "directpv.dev/drive": drive_ids[0]}},
+            "spec": {"name": name, "driveID": drive_ids[0], "node": "node-0000", "size": GiB, "projectID": i + 1,
+                     "parameters": {}, "labels": {}, "createdAt": time.time(), "uid": tag}})
+
+    def ledger_write(i: int) -> Any:
+        d = drives[i % len(drives)]
+        st = dict(d["status"])
+        st["volumes"] = dict(st.get("volumes") or {}, **{f"floor-{tag}-{i}": {
+            "size": GiB, "projectID": 9000 + i, "reservedAt": time.time(), "parameters": {}, "uid": tag}})
+        st["allocated"] = int(st.get("allocated") or 0) + GiB
+        st["volumeCount"] = len(st["volumes"])
+        return api.replace_cluster_custom_object_status(GROUP, VERSION, DRIVES, d["metadata"]["name"],
+                                                         dict(d, status=st))
+
+    def event_create(i: int) -> Any:
+        return events_api.create_namespaced_event("default", cast(k8s.EventsV1Event, k8s.EventsV1Event.from_dict({
+            "metadata": {"name": f"floor-{tag}-{i}", "namespace": "default"},
+            "eventTime": kube_events.micro_time(time.time()), "reportingController": "bench",
+            "reportingInstance": "bench", "action": "Provision", "reason": "Floor", "type": "Normal",
+            "note": f"floor event {i}", "regarding": {"apiVersion": f"{GROUP}/{VERSION}",
+                                                     "kind": "DirectPVVolume", "name": f"floor-{tag}-{i}"}})))
+
+    out: Dict[str, float] = {}
+    for what, fn, count in (("GET /version (no-op)", lambda i: version_api.get_code(), n),
+                            ("DirectPVVolume create", volume_create, n),
+                            ("DirectPVDrive status write (+1 ledger record)", ledger_write, len(drives)),
+                            ("Event create", event_create, n)):
+        req0 = api_requests(cp)
+        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        _, wall, errors = run_clients(fn, count, threads)
+        if errors:
+            raise RuntimeError(f"floor {what}: {len(errors)} failed, first: {errors[0]}")
+        per = {name: (cpu_seconds(pid) - cpu0[name]) * 1e3 / count for name, pid in pids.items()}
+        out[what] = sum(per.values())
+        print(f"   {what}: {count / wall:.0f}/s with {threads} threads; per request " + ", ".join(
+            f"{name} {ms:.2f} ms" for name, ms in per.items()) + f" (sum {out[what]:.2f} ms); "
+            + request_summary(req0, api_requests(cp), count).split(" (", 1)[0], flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--drives", type=int, default=1000, help="drives registered for the throughput phase")
@@ -351,7 +429,15 @@ def main() -> int:
               f"p50 {pct(lat, 50) * 1e3:.2f} ms, p99 {pct(lat, 99) * 1e3:.2f} ms ({len(kube_names)} calls)")
         print("      " + request_summary(req0, api_requests(cp), len(kube_names)), flush=True)
         kube.wait(sum(d.total for d in drives))  # every reservation released
-        stop(kube)
+        stop(kube)  # SIGTERM: the recorder sends what is queued and the series counts
+
+        got = event_occurrences(cp, (kube_events.VOLUME_PROVISIONED, kube_events.VOLUME_RELEASED))
+        for reason, calls in ((kube_events.VOLUME_PROVISIONED, len(kube_names)),
+                              (kube_events.VOLUME_RELEASED, len(kube_names))):
+            occurrences, objects = got[reason]
+            print(f"   Events {reason}: {occurrences} occurrence(s) in {objects} Event object(s) for {calls} calls "
+                  f"-> {'none lost' if occurrences == calls else f'{calls - occurrences} MISSING'}")
+
 
         # --- 2. RSS holding --rss-drives drives ------------------------------------------------
         more = drive_set(args.rss_drives - args.drives, first=args.drives)
@@ -392,6 +478,16 @@ def main() -> int:
               f"{(rss_full['VmRSS'] - rss0['VmRSS']) * 1024 / n:.0f} bytes")
         print(f"   embedded standalone (--no-node) holding the same {n} drives: VmRSS "
               f"{rss_emb['VmRSS'] / 1024:.1f} MiB -> kube/embedded {rss['VmRSS'] / rss_emb['VmRSS']:.2f}x")
+
+        # --- 3. the floor (last: its writes change the drives' allocations) --------------------
+        print("\n== the floor: each write of a CreateVolume sent alone (API server + etcd CPU per request)")
+        costs = floor(cp, [d.drive_id for d in drives], min(1000, len(drives)))
+        per_create = costs["DirectPVVolume create"] + costs["DirectPVDrive status write (+1 ledger record)"]
+        cpus = os.cpu_count() or 1
+        print(f"   a CreateVolume writes the volume object and its drive's ledger (Events: combined past 10): "
+              f"{per_create:.2f} ms of API server + etcd CPU -> at most {cpus * 1e3 / per_create:.0f}/s on "
+              f"{cpus} CPUs with a controller costing nothing; one write alone (the volume object) "
+              f"{cpus * 1e3 / costs['DirectPVVolume create']:.0f}/s")
         return 0
     finally:
         for s in list(servers):
