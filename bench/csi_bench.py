@@ -7,16 +7,23 @@
    process, embedded SQLite store with synchronous=FULL) holding 10,000 drives on 1,000
    nodes; each request names one node in requisite+preferred (what external-provisioner
    sends with WaitForFirstConsumer). Serial p50/p99 and throughput, concurrent throughput,
-   and the ratio to a no-op gRPC call (Identity.GetPluginInfo) on the same server in the
-   same run. Targets: >= 1000/s, p99 <= 10 ms.
+   and their ratio to a no-op gRPC call (Identity.GetPluginInfo) on the same server in the
+   same run, serial and at the same concurrency (--threads). Targets: >= 1000/s, p99 <= 10 ms.
+   --metrics serves /metrics (a free port), so the CSI call counter interceptor is on the path.
    Also shown, not a target: CreateVolume with no topology at all (every drive a candidate).
 2. Scheduling decision alone (index lookup + choice) at 10,000 drives: target <= 0.2 ms.
 3. RSS of the standalone server holding 10,000 drives: target <= 80 MiB.
+4. --profile: a second server, the same `directpv-csi standalone` command run in a child process
+   (cmd.main, so app.run and its builders) with a cProfile profiler in each of its threads, gets
+   the serial CreateVolume phase again (--profile-threads N: N client threads instead); prints
+   the server's time per call by function (own and cumulative). Wall clock: with more than one
+   client, time spent waiting for the GIL is charged to whichever function was waiting.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -26,7 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "driver" / "src"))
@@ -96,6 +103,28 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_ns(pid: int) -> int:
+    """CPU time (ns) the threads of ``pid`` have run so far (schedstat; a CPU figure, unlike a rate,
+    barely moves with the other load of a shared machine)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+class Cpu:
+    """Server and client (this process) CPU per call over one phase, in microseconds."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.server0, self.client0 = cpu_ns(pid), time.process_time()
+
+    def per_call(self, calls: int) -> Tuple[float, float]:
+        return ((cpu_ns(self.pid) - self.server0) / 1e3 / calls,
+                (time.process_time() - self.client0) * 1e6 / calls)
+
+
 def create_req(name: str, node: str = "") -> Any:
     req = pb.CreateVolumeRequest(name=name, volume_capabilities=[CAP],
                                  capacity_range=pb.CapacityRange(required_bytes=GiB))
@@ -137,15 +166,117 @@ def timed_concurrent(fn: Callable[[int], Any], n: int, threads: int) -> float:
     return time.perf_counter() - t0
 
 
+PROFILE_CHILD = "--profile-child"
+# Where a thread of the profiled server waits for work: not a cost of any call.
+IDLE = ("<method 'get' of '_queue.SimpleQueue' objects>", "<method 'poll' of", "<method 'wait' of",
+        "<method 'acquire' of '_thread.lock' objects>")
+
+
+def profile_child(out: str, argv: List[str]) -> int:
+    """`directpv-csi ARGV` (cmd.main: the standalone command, app.run and its builders) with a
+    cProfile profiler in every thread it starts (gRPC workers, the gRPC poller); when it stops
+    (SIGTERM), the merged statistics go to ``out``."""
+    import cProfile
+    import pstats
+
+    from directpv_csi.cmd.main import main as cli
+
+    profilers: List[cProfile.Profile] = []
+    guard = threading.Lock()
+
+    def bootstrap(frame: Any, event: str, arg: Any) -> None:  # first event of a new thread
+        prof = cProfile.Profile()
+        with guard:
+            profilers.append(prof)
+        prof.enable()  # this thread's profile function from now on
+
+    threading.setprofile(bootstrap)
+    rc = cli(argv)
+    with guard:
+        found = [p for p in profilers if p.getstats()]
+    stats = pstats.Stats(found[0])
+    for p in found[1:]:
+        stats.add(p)
+    stats.dump_stats(out)
+    return rc
+
+
+def start_server(work: Path, state: Path, args: argparse.Namespace, profile_out: str = "") -> Tuple[Any, Any]:
+    """`directpv-csi standalone --no-node` on ``state`` (its store.sqlite seeded), a child process;
+    returns (process, channel) once it answers. ``profile_out``: run it under profile_child."""
+    sock = state / "csi.sock"
+    cmd = ["standalone", "--state-dir", str(state), "--endpoint", f"unix://{sock}", "--no-node",
+           "--log-level", "WARNING", "--synchronous", args.synchronous, "--workers", str(args.workers)]
+    if args.metrics:
+        cmd += ["--metrics-address", "127.0.0.1:0"]
+    head = ([sys.executable, str(Path(__file__).resolve()), PROFILE_CHILD, profile_out, "--"] if profile_out
+            else [sys.executable, "-m", "directpv_csi.cmd.main"])
+    log = open(work / f"server-{state.name}.log", "wb")  # noqa: SIM115 - the child holds it
+    proc = subprocess.Popen(head + cmd, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "driver" / "src")})
+    log.close()
+    deadline = time.monotonic() + 60
+    while not sock.exists() and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited ({proc.returncode}): see {work}/server-{state.name}.log")
+        time.sleep(0.05)
+    ch = grpc.insecure_channel(f"unix://{sock}")
+    grpc.channel_ready_future(ch).result(timeout=30)
+    return proc, ch
+
+
+def stop_server(proc: Any) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def print_profile(path: str, calls: int, top: int) -> None:
+    """The profiled server's thread time per call, by function: own time and cumulative (waits for
+    work excluded)."""
+    import pstats
+
+    stats = pstats.Stats(path)
+    raw: Dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    rows: List[Tuple[str, int, float, float, bool]] = []  # where, calls, own, cumulative, driver code
+    idle = 0.0
+    for (file, line, func), (_cc, nc, tt, ct, _callers) in raw.items():
+        if file == "~" and func.startswith(IDLE):
+            idle += tt
+            continue
+        where = func if file == "~" else f"{func} ({'/'.join(Path(file).parts[-2:])}:{line})"
+        rows.append((where, nc, tt, ct, "directpv_csi" in file))
+    busy = sum(r[2] for r in rows)
+    print(f"   server thread time per call (profiled, wall clock, profiling slows every Python call): "
+          f"{busy / calls * 1e6:.0f} us busy ({idle / calls * 1e6:.0f} us waiting for work or locks, not counted)")
+    tables: Tuple[Tuple[str, Callable[[Tuple[str, int, float, float, bool]], float], bool], ...] = (
+        ("own time", lambda r: r[2], False), ("cumulative", lambda r: r[3], False),
+        ("cumulative, driver code", lambda r: r[3], True))
+    for title, key, ours in tables:
+        print(f"   top {top} by {title} (us per call, calls per call):")
+        for row in sorted((r for r in rows if r[4] or not ours), key=key, reverse=True)[:top]:
+            print(f"     {key(row) / calls * 1e6:8.1f}  x{row[1] / calls:<5.1f} {row[0]}")
+
 def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == PROFILE_CHILD:
+        return profile_child(sys.argv[2], sys.argv[4:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--drives-per-node", type=int, default=10)
     ap.add_argument("--creates", type=int, default=3000, help="CreateVolume calls per measured phase")
-    ap.add_argument("--threads", type=int, default=8, help="client threads of the concurrent phase")
+    ap.add_argument("--threads", type=int, default=8, help="client threads of the concurrent phases")
     ap.add_argument("--workers", type=int, default=16, help="the server's gRPC worker threads")
     ap.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL",
                     help="the server's SQLite durability (FULL is the product default; NORMAL shows its cost)")
+    ap.add_argument("--metrics", action="store_true",
+                    help="the server serves /metrics: its CSI call counter (a gRPC interceptor) counts every call")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile the server (a second one, under cProfile) during serial CreateVolume calls")
+    ap.add_argument("--profile-threads", type=int, default=1, help="client threads of the profiled phase")
+    ap.add_argument("--profile-top", type=int, default=20, help="functions shown per table")
     args = ap.parse_args()
     n_drives = args.nodes * args.drives_per_node
 
@@ -156,11 +287,16 @@ def main() -> int:
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
               f"one durable SQLite commit (WAL, synchronous=FULL): p50 {f50:.2f} ms, p99 {f99:.2f} ms")
         t = time.perf_counter()
-        nodes = seed(str(work / "store.sqlite"), args.nodes, args.drives_per_node)
+        state = work / "run"
+        state.mkdir()
+        nodes = seed(str(state / "store.sqlite"), args.nodes, args.drives_per_node)
         print(f"seeded {n_drives} drives on {args.nodes} nodes in {time.perf_counter() - t:.1f} s")
+        if args.profile:
+            (work / "prof").mkdir()
+            shutil.copy(state / "store.sqlite", work / "prof" / "store.sqlite")
 
         # --- 2. scheduling decision alone (in process, same code as the server) --------------
-        store = EmbeddedStore(str(work / "store.sqlite"), read_only=True)
+        store = EmbeddedStore(str(state / "store.sqlite"), read_only=True)
         ctrl = ControllerServicer(store)
         rng = random.Random(2)
         req = Request(size=GiB)
@@ -185,32 +321,35 @@ def main() -> int:
         print(f"   (not a target) no topology, all {n_drives} drives: p50 {pct(lat_all, 50) * 1e3:.2f} ms")
 
         # --- 1. CreateVolume over the socket --------------------------------------------------
-        sock = work / "csi.sock"
-        log = open(work / "server.log", "wb")  # noqa: SIM115 - closed in finally
-        proc = subprocess.Popen([sys.executable, "-m", "directpv_csi.cmd.main", "standalone", "--state-dir",
-                                 str(work), "--endpoint", f"unix://{sock}", "--no-node", "--log-level", "WARNING",
-                                 "--synchronous", args.synchronous, "--workers", str(args.workers)],
-                                stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONPATH": str(REPO / "driver" / "src")})
-        deadline = time.monotonic() + 60
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        ch = grpc.insecure_channel(f"unix://{sock}")
-        grpc.channel_ready_future(ch).result(timeout=30)
+        proc, ch = start_server(work, state, args)
         ident, ctl = pbg.IdentityStub(ch), pbg.ControllerStub(ch)
         rss_idle = rss_kib(proc.pid)
 
-        for _ in range(300):  # warm-up
+        def noop(i: int) -> None:
             ident.GetPluginInfo(pb.GetPluginInfoRequest())
-        noop_lat, noop_total = timed_serial(lambda i: ident.GetPluginInfo(pb.GetPluginInfoRequest()), args.creates)
-        noop_rate = args.creates / noop_total
 
-        cv_nodes = [rng.choice(nodes) for _ in range(args.creates * 3)]
-        cv_lat, cv_total = timed_serial(lambda i: ctl.CreateVolume(create_req(f"s-{i}", cv_nodes[i])), args.creates)
-        cv_rate = args.creates / cv_total
-        conc_total = timed_concurrent(
-            lambda i: ctl.CreateVolume(create_req(f"c-{i}", cv_nodes[args.creates + i])), args.creates, args.threads)
-        conc_rate = args.creates / conc_total
+        for i in range(300):  # warm-up
+            noop(i)
+        timed_concurrent(noop, 300, args.threads)
+        n = args.creates
+        cpu = Cpu(proc.pid)
+        noop_lat, noop_total = timed_serial(noop, n)
+        noop_cpu = cpu.per_call(n)
+        noop_rate = n / noop_total
+        cpu = Cpu(proc.pid)
+        noop_conc_rate = n / timed_concurrent(noop, n, args.threads)
+        noop_conc_cpu = cpu.per_call(n)
+
+        cv_nodes = [rng.choice(nodes) for _ in range(n * 3)]
+        cpu = Cpu(proc.pid)
+        cv_lat, cv_total = timed_serial(lambda i: ctl.CreateVolume(create_req(f"s-{i}", cv_nodes[i])), n)
+        cv_cpu = cpu.per_call(n)
+        cv_rate = n / cv_total
+        cpu = Cpu(proc.pid)
+        conc_total = timed_concurrent(lambda i: ctl.CreateVolume(create_req(f"c-{i}", cv_nodes[n + i])), n,
+                                      args.threads)
+        conc_cpu = cpu.per_call(n)
+        conc_rate = n / conc_total
         n_notopo = max(100, args.creates // 10)
         nt_lat, nt_total = timed_serial(lambda i: ctl.CreateVolume(create_req(f"n-{i}")), n_notopo)
         rss_after = rss_kib(proc.pid)
@@ -218,13 +357,21 @@ def main() -> int:
 
         p50, p99 = pct(cv_lat, 50) * 1e3, pct(cv_lat, 99) * 1e3
         print(f"\n== CreateVolume over the socket, {n_drives} drives on {args.nodes} nodes, "
-              f"store synchronous={args.synchronous} ({args.creates} calls per phase)")
+              f"store synchronous={args.synchronous}, /metrics {'on' if args.metrics else 'off'} "
+              f"({args.creates} calls per phase)")
         print(f"   no-op gRPC call (GetPluginInfo), serial: {noop_rate:.0f}/s, p50 {pct(noop_lat, 50) * 1e3:.2f} ms, "
-              f"p99 {pct(noop_lat, 99) * 1e3:.2f} ms")
+              f"p99 {pct(noop_lat, 99) * 1e3:.2f} ms; {args.threads} client threads: {noop_conc_rate:.0f}/s")
         print(f"   CreateVolume, serial:     {cv_rate:.0f}/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms "
-              f"({cv_rate / noop_rate:.2f}x the no-op rate)")
+              f"({cv_rate / noop_rate:.2f}x the serial no-op rate; "
+              f"{(p50 - pct(noop_lat, 50) * 1e3):.2f} ms above its p50)")
         print(f"   CreateVolume, {args.threads} client threads: {conc_rate:.0f}/s "
-              f"({conc_rate / noop_rate:.2f}x the serial no-op rate)")
+              f"({conc_rate / noop_conc_rate:.2f}x the no-op rate at {args.threads} threads)")
+        print("   server CPU per call (all its threads; client CPU in brackets), the figure least moved by other load:")
+        print(f"     serial:    no-op {noop_cpu[0]:.0f} us ({noop_cpu[1]:.0f}), CreateVolume {cv_cpu[0]:.0f} us "
+              f"({cv_cpu[1]:.0f}): {cv_cpu[0] / noop_cpu[0]:.2f}x, +{cv_cpu[0] - noop_cpu[0]:.0f} us")
+        print(f"     {args.threads} threads: no-op {noop_conc_cpu[0]:.0f} us ({noop_conc_cpu[1]:.0f}), CreateVolume "
+              f"{conc_cpu[0]:.0f} us ({conc_cpu[1]:.0f}): {conc_cpu[0] / noop_conc_cpu[0]:.2f}x, "
+              f"+{conc_cpu[0] - noop_conc_cpu[0]:.0f} us")
         best = max(cv_rate, conc_rate)
         print(f"   -> target >= 1000/s: {verdict(best >= 1000)} ({best / 1000:.2f}x the target); "
               f"p99 <= 10 ms: {verdict(p99 <= 10)} ({p99 / 10:.2f}x the limit)")
@@ -240,14 +387,32 @@ def main() -> int:
               f"-> target <= 80 MiB: {verdict(max(mib_idle, mib_after) <= 80)} "
               f"({max(mib_idle, mib_after) / 80:.2f}x the target)")
         ch.close()
+        stop_server(proc)
+        proc = None
+
+        # --- 4. profile -------------------------------------------------------------------------
+        if args.profile:
+            out = str(work / "server.prof")
+            proc, ch = start_server(work, work / "prof", args, profile_out=out)
+            ctl = pbg.ControllerStub(ch)
+            for i in range(50):  # warm-up (not profiled out: the same calls)
+                ctl.CreateVolume(create_req(f"w-{i}", cv_nodes[i]))
+            n = args.creates
+            if args.profile_threads > 1:
+                took = timed_concurrent(lambda i: ctl.CreateVolume(create_req(f"p-{i}", cv_nodes[i])), n,
+                                        args.profile_threads)
+            else:
+                took = timed_serial(lambda i: ctl.CreateVolume(create_req(f"p-{i}", cv_nodes[i])), n)[1]
+            ch.close()
+            stop_server(proc)
+            proc = None
+            print(f"\n== profile: the server under cProfile, {n + 50} CreateVolume calls from "
+                  f"{args.profile_threads} client thread(s): {n / took:.0f}/s profiled")
+            print_profile(out, n + 50, args.profile_top)
         return 0
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
         shutil.rmtree(work, ignore_errors=True)
 
 
