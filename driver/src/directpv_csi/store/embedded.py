@@ -26,12 +26,12 @@ Speed and concurrency
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
-import uuid
 from dataclasses import replace
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from ..core.errors import (
     Conflict,
@@ -112,11 +112,19 @@ _VOLUME_COLS = (
     "read_only_targets, labels, created_at, generation, uid"
 )
 _TOMB_COLS = "drive_id, name, uid, node, project_id, size, deleted_at"
-
+# The statements of the hot paths, made once (sqlite3 caches the prepared statement by its text).
+_WRITE_DRIVE = f"INSERT OR REPLACE INTO drives({_DRIVE_COLS}) VALUES ({','.join('?' * 15)})"
+_SELECT_VOLUME = f"SELECT {_VOLUME_COLS} FROM volumes WHERE name=?"
+_INSERT_VOLUME = f"INSERT INTO volumes({_VOLUME_COLS}) VALUES ({','.join('?' * 14)})"
+_WRITE_VOLUME = f"INSERT OR REPLACE INTO volumes({_VOLUME_COLS}) VALUES ({','.join('?' * 14)})"
+_ALLOCATE = "UPDATE drives SET allocated=?, volume_count=?, generation=? WHERE drive_id=?"
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode  # one encoder, not one per value
 
 
 def _dumps(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    if not value and isinstance(value, (dict, list)):  # most maps and lists of a new volume are empty
+        return "[]" if isinstance(value, list) else "{}"
+    return _ENCODE(value)
 
 
 def _drive_row(d: Drive) -> Tuple[object, ...]:
@@ -157,17 +165,41 @@ def _tombstone_of(row: Sequence[Any]) -> Tombstone:
 
 
 def _new_uid() -> str:
-    return uuid.uuid4().hex
+    """A random (version 4) UUID as 32 hex digits: ``uuid.uuid4().hex`` without the UUID object."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return b.hex()
+
+
+R = TypeVar("R", Drive, Volume)
+
+
+def _changed(record: R, **changes: Any) -> R:
+    """``dataclasses.replace(record, **changes)`` for the hot path of reserve_volume: Drive and
+    Volume are frozen dataclasses whose __init__ only assigns (no __post_init__, checked below), so
+    the copy is their field dict with the changes, made without replace()'s per-field introspection
+    and __init__'s per-field object.__setattr__."""
+    new = object.__new__(type(record))
+    fields = new.__dict__
+    fields.update(record.__dict__)
+    fields.update(changes)
+    return new
+
+
+assert not any(hasattr(c, "__post_init__") for c in (Drive, Volume)), "_changed would skip __post_init__"
 
 
 class _Op:
-    """One write, run by the writer thread inside the current batch's transaction."""
+    """One write, run by the writer thread inside the current batch's transaction. ``done`` is set
+    by the thread that committed it, while it holds the writer lock; its submitter reads it after
+    holding that lock in turn (a flag, never waited on: waiting is for the writer lock)."""
 
     __slots__ = ("done", "error", "fn", "result")
 
     def __init__(self, fn: Callable[[sqlite3.Connection, Dict[str, Optional[Drive]]], Any]) -> None:
         self.fn = fn
-        self.done = threading.Event()
+        self.done = False
         self.result: Any = None
         self.error: Optional[BaseException] = None
 
@@ -252,22 +284,22 @@ class EmbeddedStore:
         with self._pending_lock:
             self._pending.append(op)
         with self._writing:
-            if not op.done.is_set():
+            if not op.done:
                 if self._closed or self._db is None:
                     raise FailedPrecondition(f"store {self.path} is closed", "open it again")
                 with self._pending_lock:
                     batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH:]
                 self._run_batch(self._db, batch)
-        if not op.done.is_set():  # more than MAX_BATCH were queued: commit the rest
+        if not op.done:  # more than MAX_BATCH were queued: commit the rest
             return self._wait_rest(op)
         if op.error is not None:
             raise op.error
         return op.result
 
     def _wait_rest(self, op: _Op) -> Any:
-        while not op.done.is_set():
+        while not op.done:
             with self._writing:
-                if op.done.is_set():
+                if op.done:
                     break
                 assert self._db is not None
                 with self._pending_lock:
@@ -295,7 +327,7 @@ class EmbeddedStore:
                 op.error, overlay = DirectPVError(f"store {self.path}: write failed: {exc}",
                                                   "check the disk holding the state directory"), {}
             self._apply(overlay)
-            op.done.set()
+            op.done = True
             return
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -323,7 +355,7 @@ class EmbeddedStore:
             overlay = {}
         self._apply(overlay)
         for op in batch:
-            op.done.set()
+            op.done = True
 
     def _apply(self, overlay: Dict[str, Optional[Drive]]) -> None:
         """Committed drive changes into the in-memory index."""
@@ -373,11 +405,11 @@ class EmbeddedStore:
 
     @staticmethod
     def _write_drive(db: sqlite3.Connection, drive: Drive) -> None:
-        db.execute(f"INSERT OR REPLACE INTO drives({_DRIVE_COLS}) VALUES ({','.join('?' * 15)})", _drive_row(drive))
+        db.execute(_WRITE_DRIVE, _drive_row(drive))
 
     @staticmethod
     def _volume_row_of(db: sqlite3.Connection, name: str) -> Optional[Volume]:
-        row = db.execute(f"SELECT {_VOLUME_COLS} FROM volumes WHERE name=?", (name,)).fetchone()
+        row = db.execute(_SELECT_VOLUME, (name,)).fetchone()
         return None if row is None else _volume_of(row)
 
     # ------------------------------------------------------------------ drives
@@ -462,7 +494,7 @@ class EmbeddedStore:
                 return existing
             drive = check_reservable(self._cur(ov, volume.drive_id), volume.drive_id, volume.size,
                                      expected_drive_generation)
-            new = replace(
+            new = _changed(
                 volume, node=drive.node, project_id=smallest_unused(self._used_project_ids(db, drive.drive_id)),
                 generation=1, uid=_new_uid(),
                 created_at=volume.created_at or time.time(),
@@ -477,11 +509,10 @@ class EmbeddedStore:
     @staticmethod
     def _insert_allocated(db: sqlite3.Connection, ov: Dict[str, Optional[Drive]], drive: Drive, new: Volume) -> None:
         """Record ``new`` and add its size to ``drive``'s allocation (inside the caller's transaction)."""
-        db.execute(f"INSERT INTO volumes({_VOLUME_COLS}) VALUES ({','.join('?' * 14)})", _volume_row(new))
-        new_drive = replace(drive, allocated=drive.allocated + new.size,
-                            volume_count=drive.volume_count + 1, generation=drive.generation + 1)
-        db.execute("UPDATE drives SET allocated=?, volume_count=?, generation=? WHERE drive_id=?",
-                   (new_drive.allocated, new_drive.volume_count, new_drive.generation, drive.drive_id))
+        db.execute(_INSERT_VOLUME, _volume_row(new))
+        new_drive = _changed(drive, allocated=drive.allocated + new.size,
+                             volume_count=drive.volume_count + 1, generation=drive.generation + 1)
+        db.execute(_ALLOCATE, (new_drive.allocated, new_drive.volume_count, new_drive.generation, drive.drive_id))
         ov[drive.drive_id] = new_drive
 
     def get_volume(self, name: str) -> Optional[Volume]:
@@ -528,8 +559,7 @@ class EmbeddedStore:
                 raise Conflict(f"volume {name} changed (generation {old.generation}, expected "
                                f"{expected_generation})", "re-read the volume and retry")
             new = replace(old, generation=old.generation + 1, **changes)  # type: ignore[arg-type]
-            db.execute(f"INSERT OR REPLACE INTO volumes({_VOLUME_COLS}) VALUES ({','.join('?' * 14)})",
-                       _volume_row(new))
+            db.execute(_WRITE_VOLUME, _volume_row(new))
             return new
 
         result: Volume = self._submit(op)
