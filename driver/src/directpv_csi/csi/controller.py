@@ -127,11 +127,12 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         if len(req.requisite) + len(req.preferred) > MAX_PARAMETERS:
             raise InvalidArgument(f"accessibility requirements name {len(req.requisite) + len(req.preferred)} "
                                   "topologies", f"pass at most {MAX_PARAMETERS}")
-        for t in [*req.requisite, *req.preferred]:
-            check_parameters_size(dict(t.segments), "a topology's segments")
-        requisite = [dict(t.segments) for t in req.requisite]
+        requisite = [dict(t.segments) for t in req.requisite]  # each protobuf map read once
+        offered = [dict(t.segments) for t in req.preferred]
+        for segments in (*requisite, *offered):
+            check_parameters_size(segments, "a topology's segments")
         # the volume MUST be reachable from a requisite segment: a preferred one outside them is ignored
-        preferred = [dict(t.segments) for t in req.preferred if not requisite or dict(t.segments) in requisite]
+        preferred = [s for s in offered if not requisite or s in requisite]
         tiers: List[Segments] = list(preferred)
         rest = [s for s in requisite if s not in preferred] if requisite else [{}]
         tiers.extend(rest)
@@ -168,7 +169,9 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         attempts = 0
         for segments in tiers:
             while True:
-                drives = [d for d in self._drives_for(segments) if d.drive_id not in lost]
+                drives = self._drives_for(segments)
+                if lost:
+                    drives = [d for d in drives if d.drive_id not in lost]
                 claimed = self._claimed(request.claim, drives) if request.claim else set()
                 decision = choose(drives, request, claimed)
                 if decision.drive is None:
