@@ -89,6 +89,11 @@ def capability_of(cap: csi_pb2.VolumeCapability) -> Capability:
 Segments = Mapping[str, str]
 
 
+def _plain(segments: Segments) -> Dict[str, str]:
+    """A protobuf map as a dict (``dict(m)`` goes through the Mapping mixins: twice as slow)."""
+    return {k: segments[k] for k in segments}
+
+
 def _drive_topology(drive: Drive) -> Dict[str, str]:
     topo = {k: v for k, v in drive.topology.items() if k.startswith(PREFIX)}
     topo[TOPOLOGY_NODE] = drive.node
@@ -127,8 +132,8 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         if len(req.requisite) + len(req.preferred) > MAX_PARAMETERS:
             raise InvalidArgument(f"accessibility requirements name {len(req.requisite) + len(req.preferred)} "
                                   "topologies", f"pass at most {MAX_PARAMETERS}")
-        requisite = [dict(t.segments) for t in req.requisite]  # each protobuf map read once
-        offered = [dict(t.segments) for t in req.preferred]
+        requisite = [_plain(t.segments) for t in req.requisite]  # each protobuf map read once
+        offered = [_plain(t.segments) for t in req.preferred]
         for segments in (*requisite, *offered):
             check_parameters_size(segments, "a topology's segments")
         # the volume MUST be reachable from a requisite segment: a preferred one outside them is ignored
@@ -151,17 +156,23 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
                 out.add(d.drive_id)
         return out
 
-    def _volume_message(self, vol: Volume) -> csi_pb2.Volume:
+    def _fill_volume(self, out: csi_pb2.Volume, vol: Volume) -> None:
+        """Describe ``vol`` in ``out``, the response's own Volume field (filled in place: a message
+        built apart would be copied into the response)."""
         topo: Dict[str, str] = {TOPOLOGY_NODE: vol.node}
         drive = self.store.get_drive(vol.drive_id)
         if drive is not None:
             topo.update(_drive_topology(drive))
-        return csi_pb2.Volume(
-            volume_id=vol.name,
-            capacity_bytes=vol.size,
-            volume_context={CONTEXT_DRIVE_ID: vol.drive_id, CONTEXT_NODE: vol.node},
-            accessible_topology=[csi_pb2.Topology(segments=topo)],
-        )
+        out.volume_id = vol.name
+        out.capacity_bytes = vol.size
+        out.volume_context[CONTEXT_DRIVE_ID] = vol.drive_id
+        out.volume_context[CONTEXT_NODE] = vol.node
+        out.accessible_topology.add().segments.update(topo)
+
+    def _created(self, vol: Volume) -> csi_pb2.CreateVolumeResponse:
+        resp = csi_pb2.CreateVolumeResponse()
+        self._fill_volume(resp.volume, vol)
+        return resp
 
     def _place(self, name: str, request: Request, parameters: Dict[str, str], tiers: Sequence[Segments]) -> Volume:
         refusals: List[Refusal] = []
@@ -225,8 +236,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
 
         existing = self.store.get_volume(name)
         if existing is not None:
-            return csi_pb2.CreateVolumeResponse(volume=self._volume_message(
-                self._compatible(existing, required, limit, parameters, request)))
+            return self._created(self._compatible(existing, required, limit, parameters, request))
 
         if sched.claim:
             with self._claim_lock(sched.claim):
@@ -235,7 +245,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
             vol = self._place(name, sched, parameters, tiers)
         if request_difference(vol.size, vol.parameters, size, size, parameters):  # lost a same-name race
             vol = self._compatible(vol, required, limit, parameters, request)
-        return csi_pb2.CreateVolumeResponse(volume=self._volume_message(vol))
+        return self._created(vol)
 
     def _compatible(self, vol: Volume, required: int, limit: int, parameters: Dict[str, str],
                     request: csi_pb2.CreateVolumeRequest) -> Volume:
@@ -327,10 +337,10 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         if limit and len(vols) > limit:
             vols = vols[:limit]
             next_token = TOKEN_PREFIX + vols[-1].name
-        return csi_pb2.ListVolumesResponse(
-            entries=[csi_pb2.ListVolumesResponse.Entry(volume=self._volume_message(v)) for v in vols],
-            next_token=next_token,
-        )
+        resp = csi_pb2.ListVolumesResponse(next_token=next_token)
+        for v in vols:
+            self._fill_volume(resp.entries.add().volume, v)
+        return resp
 
     @rpc
     def GetCapacity(self, request: csi_pb2.GetCapacityRequest,
