@@ -28,7 +28,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 from .concurrency.inflight import InFlight
 from .core.errors import DirectPVError, FailedPrecondition, InvalidArgument
@@ -339,7 +339,8 @@ def _wire(settings: Settings, store: ServedStore, kube: Optional[KubeStore], loc
     reconciles = settings.serve_controller and settings.reconcile_interval > 0 and kube is not None
     observe, calls, reconcile_metrics = None, None, None
     if settings.metrics_address:  # binds now: a taken port fails here, before anything starts
-        observe, calls, reconcile_metrics = _observe(settings, store, registry, identity, reconciles)
+        observe, calls, reconcile_metrics = _observe(settings, store, registry, identity, reconciles,
+                                                     kube.events.stats if kube is not None else None)
     reconciler = None
     if reconciles and kube is not None:
         reconciler = _reconciler(kube, settings, reconcile_metrics)
@@ -425,10 +426,11 @@ def _registration(settings: Settings) -> Optional[KubeletRegistration]:
 
 
 def _observe(settings: Settings, store: ServedStore, registry: Optional[DriveRegistry], identity: IdentityServicer,
-             reconciles: bool) -> Tuple[ObserveServer, CallCounter, Optional[ReconcileMetrics]]:
+             reconciles: bool, event_stats: Optional[Callable[[], Mapping[str, int]]] = None,
+             ) -> Tuple[ObserveServer, CallCounter, Optional[ReconcileMetrics]]:
     """The metrics/health HTTP server (bound, not started) with the process metrics; the CSI call
     counter (the gRPC server's interceptor); on a node, the volume and drive series; in the
-    controller, the reconcile counters."""
+    controller, the reconcile counters; on the kube store, the Event recorder's counters."""
     from .observe import metrics
     from .observe.endpoints import ObserveServer
 
@@ -436,6 +438,8 @@ def _observe(settings: Settings, store: ServedStore, registry: Optional[DriveReg
     calls = metrics.CallCounter(metrics.call_counter(reg))
     if registry is not None:
         reg.register(metrics.NodeCollector(registry.config.node_id, store, registry))
+    if event_stats is not None:
+        reg.register(metrics.EventCollector(event_stats))
     reconcile_metrics = metrics.ReconcileMetrics(reg) if reconciles else None
     return ObserveServer(settings.metrics_address, reg, identity.not_ready), calls, reconcile_metrics
 

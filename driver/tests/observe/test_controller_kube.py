@@ -1,5 +1,6 @@
 """`directpv-csi controller` as a process on the real kube-apiserver (tests/kube): the periodic
-ledger reconcile, and /readyz, /healthz while the API server is reachable, cut off, and back.
+ledger reconcile, the Event recorder's counters on /metrics, and /readyz, /healthz while the API
+server is reachable, cut off, and back.
 
 No kubelet or scheduler is needed: the controller only talks to the API server. To cut it off
 without stopping the control plane the whole session shares, it reaches the API server through
@@ -16,8 +17,9 @@ from typing import Any, Dict, Iterator, List
 from urllib.parse import urlparse
 
 import pytest
-from csi.csi_helpers import GiB
+from csi.csi_helpers import GiB, create_req
 from directpv_csi.core.models import Drive, Volume
+from directpv_csi.csi.proto import csi_pb2_grpc as pbg
 from directpv_csi.kube.store import DRIVES, GROUP, VERSION, KubeStore
 from kubernetes import client
 from observe.observe_helpers import TcpRelay, get, metrics_url, one, scrape, series, wait_for
@@ -149,3 +151,31 @@ def get_refused(base: str) -> bool:
     except OSError:
         return True
     return False
+
+
+def test_event_counters_on_metrics(cluster: Any, workdir: Path) -> None:
+    """12 CreateVolume calls for different volumes: 10 VolumeProvisioned Events of their own, then
+    one combined series (kube/events.py), each outcome counted in directpv_events_total; nothing
+    shed, nothing failed, nothing left queued."""
+    store = KubeStore(cluster.new_client(), events=False)
+    try:
+        store.put_drive(Drive(drive_id="ev1", node="n1", name="sdb", total=64 * GiB))
+    finally:
+        store.close()
+    ctl = Controller(workdir, cluster.control_plane.kubeconfig, [])
+    try:
+        base = ctl.start()
+        stub = pbg.ControllerStub(ctl.channel)
+        for i in range(12):
+            stub.CreateVolume(create_req(f"pvc-ev-{i:02d}"), timeout=30)
+
+        def counted(outcome: str) -> float:
+            return one(scrape(base), "directpv_events_total", outcome=outcome)
+
+        wait_for("11 Events created", lambda: counted("created") == 11, log=ctl.log)
+        samples = scrape(base)
+        assert one(samples, "directpv_events_total", outcome="combined") == 2
+        assert [one(samples, "directpv_events_total", outcome=o) for o in ("shed", "failed")] == [0, 0]
+        assert one(samples, "directpv_events_queued") == 0
+    finally:
+        ctl.stop()

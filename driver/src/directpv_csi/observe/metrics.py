@@ -28,17 +28,21 @@ Nothing here lists the API: volumes come from ``store.list_volumes(node=...)`` (
 watch cache, the embedded store's node index) and drive mounts from the registry's memory.
 
 Every process also exposes process/platform/GC metrics, ``directpv_csi_calls_total{method,code}``
-(every CSI call by its gRPC code) and, in the controller, ``directpv_reconcile_*``.
+(every CSI call by its gRPC code) and, in the controller, ``directpv_reconcile_*``. A process on
+the kube store exposes its Event recorder's counters (kube/events.py): ``directpv_events_total``
+by ``outcome`` (created, aggregated, coalesced, combined, patched, shed, failed: an Event that was
+not sent is counted as ``shed`` or ``failed``, never gone without a trace) and
+``directpv_events_queued``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -203,6 +207,25 @@ def _code_name(context: grpc.ServicerContext) -> str:
     except Exception:  # a context without code(): count it, never break the call
         code = None
     return code.name if code is not None else "UNKNOWN"
+
+
+class EventCollector(Collector):
+    """The Event recorder's counters at scrape time (``stats``: kube.events.EventRecorder.stats)."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        got = dict(self._stats())
+        queued = got.pop("queued", 0)
+        total = CounterMetricFamily("directpv_events", "Kubernetes Events of this process by outcome: created, "
+                                    "aggregated into a series, coalesced while queued, combined with similar "
+                                    "events, series patched, shed at a full queue, failed API calls",
+                                    labels=("outcome",))
+        for outcome, n in sorted(got.items()):
+            total.add_metric((outcome,), n)
+        yield total
+        yield GaugeMetricFamily("directpv_events_queued", "Distinct Events waiting to be sent", value=queued)
 
 
 class ReconcileMetrics:
