@@ -77,3 +77,40 @@ def test_a_list_settles_writes_made_before_it_was_sent_but_not_later_ones() -> N
     inf._on_event("MODIFIED", obj("d2", "w2"))
     inf._on_event("MODIFIED", obj("d2", "w3"))
     assert rv(inf, "d2") == "w3"
+
+
+def test_slim_copies_equal_the_object_and_share_what_objects_repeat() -> None:
+    """kube/informer.py slim: the cached copy equals the object without managedFields and
+    creationTimestamp; empty containers, a node's topology, the finalizer list and parameters are
+    one shared object across copies, anything else (labels naming the object, ledgers) is not."""
+    from directpv_csi.kube.informer import slim
+
+    def drive(name: str, node: str) -> Dict[str, Any]:
+        return {"apiVersion": "directpv.dev/v1beta1", "kind": "DirectPVDrive",
+                "metadata": {"name": name, "uid": f"uid-{name}", "resourceVersion": f"rv-{name}",
+                             "creationTimestamp": "2026-12-01T00:00:00Z", "managedFields": [{"manager": "x"}],
+                             "finalizers": ["directpv.dev/data-protection"],
+                             "labels": {"directpv.dev/node": node, "directpv.dev/drive-name": name}},
+                "spec": {"node": node, "schedulable": True, "labels": {}},
+                "status": {"topology": {"directpv.dev/node": node}, "total": 1, "volumes": {},
+                           "ledger": {"v1": {"size": 1, "parameters": {"fs": "xfs", "n": 1}}},
+                           "flags": {"a": True}}}
+
+    a, b, c = drive("d1", "n1"), drive("d2", "n1"), drive("d3", "n2")
+    sa, sb, sc = slim(a), slim(b), slim(c)
+    for raw, copy in ((a, sa), (b, sb), (c, sc)):
+        want = dict(raw, metadata={k: v for k, v in raw["metadata"].items()
+                                   if k not in ("managedFields", "creationTimestamp")})
+        assert copy == want
+    assert sa["status"]["topology"] is sb["status"]["topology"]  # same node: one dict
+    assert sa["status"]["topology"] is not sc["status"]["topology"] and sc["status"]["topology"] == {
+        "directpv.dev/node": "n2"}
+    assert sa["metadata"]["finalizers"] is sc["metadata"]["finalizers"]
+    assert sa["spec"]["labels"] is sc["status"]["volumes"]  # every empty dict is the same one
+    assert sa["status"]["ledger"]["v1"]["parameters"] is sc["status"]["ledger"]["v1"]["parameters"]
+    assert sa["metadata"]["labels"] is not sb["metadata"]["labels"]  # names the drive: its own
+    assert sa["status"]["ledger"] is not sb["status"]["ledger"]  # not plain values: never shared
+    # values of another type never share a container with equal-comparing ones (1 == True)
+    other = slim(dict(a, status=dict(a["status"], topology={"directpv.dev/node": "n1"},
+                                      ledger={"v1": {"size": 1, "parameters": {"fs": "xfs", "n": True}}})))
+    assert other["status"]["ledger"]["v1"]["parameters"]["n"] is True

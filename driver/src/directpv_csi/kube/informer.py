@@ -25,23 +25,48 @@ SEEN_MAX = 16384  # (name, resourceVersion) pairs the watch delivered, remembere
 SLIM = os.environ.get("DIRECTPV_CSI_CACHE_SLIM", "1") != "0"
 _DROPPED_META = ("managedFields", "creationTimestamp")
 _UNIQUE = frozenset(("uid", "resourceVersion", "mountpoint"))  # one value per object: nothing to share
+# small containers of plain values many objects repeat (a node's topology, the finalizer list,
+# a StorageClass's parameters, and every empty one): one shared copy each
+_SHARED = frozenset(("topology", "finalizers", "parameters"))
+_SHARED_MAX = 4  # entries of a shared container
+_SHARED_POOL_MAX = 4096  # distinct shared containers remembered (the pool starts again past it)
+_PLAIN = (str, int, float, bool, type(None))
+_pool: Dict[Tuple[Any, ...], Any] = {}
+
+
+def _shared(container: Any, key: str) -> Any:
+    """``container`` (a new dict or list of interned values), or the equal one already shared."""
+    values = container.values() if isinstance(container, dict) else container
+    if container and (key not in _SHARED or len(container) > _SHARED_MAX
+                      or not all(isinstance(v, _PLAIN) for v in values)):
+        return container
+    items = container.items() if isinstance(container, dict) else enumerate(container)
+    pooled = (type(container), *((k, type(v), v) for k, v in items))  # types too: 1 == True == 1.0
+    if len(_pool) >= _SHARED_POOL_MAX:
+        _pool.clear()  # objects keep the copies they hold; new ones start sharing again
+    return _pool.setdefault(pooled, container)
 
 
 def _interned(value: Any, key: str = "") -> Any:
     if isinstance(value, str):
         return value if key in _UNIQUE or len(value) > 64 else sys.intern(value)
     if isinstance(value, dict):
-        return {sys.intern(k): _interned(v, k) for k, v in value.items()}
+        return _shared({sys.intern(k): _interned(v, k) for k, v in value.items()}, key)
     if isinstance(value, list):
-        return [_interned(v) for v in value]
+        return _shared([_interned(v) for v in value], key)
     return value
 
 
 def slim(obj: Obj) -> Obj:
     """The object as the cache keeps it: without ``managedFields`` (server-side apply bookkeeping,
     most of a small object's size) and ``creationTimestamp`` (never read here; an update without
-    them keeps the server's), and with the strings many objects repeat (node names, states, label
-    keys and values, finalizers, apiVersion, kind) shared instead of one copy per object."""
+    them keeps the server's), with the strings many objects repeat (node names, states, label
+    keys and values, finalizers, apiVersion, kind) shared instead of one copy per object, and so
+    are the small containers they repeat (empty ones, a node's topology, the finalizer list, a
+    StorageClass's parameters). Equal to the object minus the dropped fields.
+
+    Cached objects are never changed in place (every reader that changes one, the kube store's
+    writes, copies it first), so sharing a container between objects is safe."""
     meta = {k: v for k, v in obj["metadata"].items() if k not in _DROPPED_META}
     out: Obj = _interned(dict(obj, metadata=meta))
     return out

@@ -29,7 +29,10 @@ Obj = Dict[str, Any]
 
 log = logging.getLogger("directpv_csi.kube.watch")
 
-LIST_PAGE = 500  # objects per LIST page (client-go's reflector pages by 500 too)
+# objects per LIST page (client-go's reflector pages by 500): a page is held as the API's dicts
+# (managedFields and all) until its slim copies are made, and the memory of the largest page
+# stays with the process; 250 measured 1.5 MiB less controller RSS at 10,000 drives than 500
+LIST_PAGE = 250
 
 
 class Gone(Exception):
