@@ -14,21 +14,17 @@ from typing import Callable, Iterator, List
 import pytest
 from directpv_csi.device.mountinfo import parse_mountinfo
 
-# The real control plane (tests/kube): one kube-apiserver + etcd for the whole session, shared by
-# every test tree that asks for it (store contract, csi-sanity in kube mode, install playbooks).
-# tests/ is on pytest's pythonpath (pytest.ini), so `kube` is an ordinary package import.
-from kube.cluster import kube_store_cluster
-from kube.controlplane import kube_control_plane
-
 from testsupport import FIXTURES, backing_file, is_root
 
-__all__ = ["kube_control_plane", "kube_store_cluster"]
-
 # Fixtures shared across test directories, registered once here (pytest only honours
-# pytest_plugins in the root conftest): the standalone CSI process and short socket dirs
-# (csi/, observe/) and the node service on loop drives (node/, csi/). Closer conftest.py
-# files override by name (driver/tests/store/conftest.py defines its own `store`).
-pytest_plugins = ["csi.csi_helpers", "node.node_helpers"]
+# pytest_plugins in the root conftest; no conftest re-imports fixtures): the standalone CSI
+# process and short socket dirs (csi/, observe/), the node service on loop drives (node/, csi/),
+# the real control plane (one kube-apiserver + etcd for the session, tests/kube) and a kube store
+# cluster on it (store contract, csi-sanity in kube mode, install playbooks), the ansible-playbook
+# runner (tests/playbooks, tests/realnode). Closer conftest.py files override by name
+# (driver/tests/store/conftest.py defines its own `store`).
+pytest_plugins = ["csi.csi_helpers", "node.node_helpers", "kube.controlplane", "kube.cluster",
+                  "playbooks.playbook_helpers"]
 
 
 @pytest.fixture

@@ -13,21 +13,10 @@ import subprocess
 from typing import Iterator, List
 
 import pytest
-from playbooks.conftest import collections_path, inventory, playbook
 
-from .realnode import RealNode, busy_reasons, launch, missing_requirements, new_work_dir
-
-__all__ = ["collections_path", "inventory", "playbook"]  # the playbook runner of tests/playbooks
+from .realnode import RealNode, busy_reasons, launch, missing_requirements, new_work_dir, skip_or_fail
 
 ENABLED = os.environ.get("DIRECTPV_REALNODE") == "1"
-# `make test` sets this: a missing piece is then a failure, never a silent skip
-REQUIRED = os.environ.get("DIRECTPV_REALNODE_REQUIRED") == "1"
-
-
-def skip_or_fail(reason: str) -> None:
-    if REQUIRED:
-        pytest.fail(f"{reason} (DIRECTPV_REALNODE_REQUIRED=1: make cluster-setup image)")
-    pytest.skip(reason)
 
 if not ENABLED:
     collect_ignore_glob = ["test_*.py"]

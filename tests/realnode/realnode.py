@@ -73,6 +73,17 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 IPTABLES = ("iptables", "ip6tables")
 TABLES = ("filter", "nat", "mangle")
 OURS = ("KUBE-", "DPVRN-", "CNI-")
+# `make test` sets this: a missing piece is then a failure, never a silent skip
+REQUIRED = os.environ.get("DIRECTPV_REALNODE_REQUIRED") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the test for ``reason``, or fail it when the run requires the real node."""
+    import pytest  # only when a test calls it: bench/cluster_bench.py imports this module too
+
+    if REQUIRED:
+        pytest.fail(f"{reason} (DIRECTPV_REALNODE_REQUIRED=1: make cluster-setup image)")
+    pytest.skip(reason)
 
 
 def _run(*argv: str, check: bool = True, timeout: float = 60) -> str:

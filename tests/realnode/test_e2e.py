@@ -24,10 +24,9 @@ import pytest
 from kube.controlplane import tools_dir
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
-from playbooks.conftest import Run
+from playbooks.playbook_helpers import Run
 
-from .conftest import skip_or_fail
-from .realnode import NODE_NAME, RealNode, image_ref
+from .realnode import NODE_NAME, RealNode, image_ref, skip_or_fail
 
 pytestmark = [pytest.mark.realnode, pytest.mark.slow]
 
