@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, List
+from typing import List
 
 import yaml
 from kubernetes import client as k8s
@@ -18,7 +18,7 @@ def load_crds(directory: Path) -> List[Obj]:
     return [yaml.safe_load(p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.yaml"))]
 
 
-def apply_crds(api_client: Any, directory: Path, timeout_s: float = 60.0) -> List[str]:
+def apply_crds(api_client: k8s.ApiClient, directory: Path, timeout_s: float = 60.0) -> List[str]:
     """Create or update every CRD in ``directory`` and wait until each is Established."""
     ext = k8s.ApiextensionsV1Api(api_client)
     names: List[str] = []

@@ -138,7 +138,7 @@ ORPHAN_GRACE_S = 300.0  # ledger records younger than this may belong to a reser
 class _Api:
     """The custom-objects calls of the store; every failure leaves as a domain error (kube_errors)."""
 
-    def __init__(self, api_client: Any) -> None:
+    def __init__(self, api_client: k8s.ApiClient) -> None:
         self._api = k8s.CustomObjectsApi(api_client)
 
     def get(self, plural: str, name: str) -> Obj:
@@ -165,7 +165,7 @@ class _Api:
 class _EventSink:
     """The recorder's way to the API server: ``events.k8s.io/v1`` on a connection pool of its own."""
 
-    def __init__(self, api_client: Any) -> None:
+    def __init__(self, api_client: k8s.ApiClient) -> None:
         self.client = k8s.ApiClient(api_client.configuration)
         self._api = k8s.EventsV1Api(self.client)
 
@@ -208,7 +208,7 @@ class KubeStore:
     (longer than 63 characters...) cannot be selected: that store watches the whole cluster, as the
     controller's does (None)."""
 
-    def __init__(self, api_client: Any, sync_timeout_s: float = 30.0, *, events: bool = True,
+    def __init__(self, api_client: k8s.ApiClient, sync_timeout_s: float = 30.0, *, events: bool = True,
                  reporting_instance: Optional[str] = None, events_namespace: str = ev.DEFAULT_NAMESPACE,
                  node: Optional[str] = None) -> None:
         self._client = api_client
@@ -258,7 +258,7 @@ class KubeStore:
         return cls(k8s.ApiClient(cfg), **kwargs)
 
     @property
-    def api_client(self) -> Any:
+    def api_client(self) -> k8s.ApiClient:
         """The API client this store writes through (for the node's DirectPVNode report)."""
         return self._client
 
