@@ -17,11 +17,6 @@ started here, as tests/kube/controlplane.py starts it). One command, prints figu
    Events: once the controller has stopped (it sends its queued Events and series counts at
    exit), the VolumeProvisioned/VolumeReleased occurrences on the API server (one per Event, or
    its series.count) are counted against the calls made: none may be missing.
-   The floor: each API write a CreateVolume makes (the DirectPVVolume create, the drive's ledger
-   status write, an Event create) sent alone by 8 threads of this process, with the CPU the
-   kube-apiserver and etcd spend per request, against a no-op GET /version: what the API server
-   costs per CreateVolume before the controller does any work, and the rate the machine's CPUs
-   allow at that cost.
 2. Controller RSS holding --rss-drives drives in its watch cache: drive objects created
    concurrently (spec, then status), a fresh controller started, waited for until GetCapacity
    reports the sum of all drives (its informer listed them), then VmRSS/VmHWM from
@@ -29,6 +24,11 @@ started here, as tests/kube/controlplane.py starts it). One command, prints figu
    against a controller whose cache keeps the API's dicts as they came (DIRECTPV_CSI_CACHE_SLIM=0:
    the figure before the slim cache, in the same run), and against the embedded standalone server
    holding the same drives.
+3. The floor: each API write a CreateVolume makes (the DirectPVVolume create, the drive's ledger
+   status write, an Event create; and a small update, a volume's status) sent alone by 8 threads
+   of this process, with the CPU the kube-apiserver and etcd spend per request, against a no-op
+   GET /version: what the API server costs per CreateVolume before the controller does any work,
+   and the rate the machine's CPUs allow at that cost.
 
 No target is set for these figures: they are compared against other drivers on the same API
 server later. Skips (exit 0, with the build command) when etcd/kube-apiserver are not built.
@@ -329,11 +329,21 @@ def floor(cp: ControlPlane, drive_ids: Sequence[str], n: int, threads: int = 8) 
             "note": f"floor event {i}", "regarding": {"apiVersion": f"{GROUP}/{VERSION}",
                                                      "kind": "DirectPVVolume", "name": f"floor-{tag}-{i}"}})))
 
+    def volume_status(i: int) -> Any:  # an update of a small object: what any update costs
+        return api.replace_cluster_custom_object_status(GROUP, VERSION, VOLUMES, f"floor-{tag}-{i:05d}",
+                                                         dict(created[i], status={"status": "Ready"}))
+
+    created: List[Dict[str, Any]] = []
     out: Dict[str, float] = {}
     for what, fn, count in (("GET /version (no-op)", lambda i: version_api.get_code(), n),
                             ("DirectPVVolume create", volume_create, n),
+                            ("DirectPVVolume status write (a small update)", volume_status, n),
                             ("DirectPVDrive status write (+1 ledger record)", ledger_write, len(drives)),
                             ("Event create", event_create, n)):
+        if fn is volume_status:  # the objects just created, read before the clock starts
+            created[:] = [cast(Dict[str, Any], api.get_cluster_custom_object(GROUP, VERSION, VOLUMES,
+                                                                              f"floor-{tag}-{i:05d}"))
+                          for i in range(n)]
         req0 = api_requests(cp)
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         _, wall, errors = run_clients(fn, count, threads)
