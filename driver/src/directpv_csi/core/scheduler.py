@@ -114,7 +114,7 @@ def drive_refusal(drive: Drive, size: int, tier: str = "", labels: Optional[Mapp
                   claim: str = "", claimed: AbstractSet[str] = frozenset(), *, exact: bool = False) -> str:
     """Why ``drive`` cannot take a new volume of ``size`` bytes ("" when it can): :func:`sift`
     of the one drive."""
-    _, refusals = sift((drive,), size, tier, labels, claim, claimed, exact=exact)
+    refusals = sift((drive,), size, tier, labels, claim, claimed, exact=exact)[1]
     return refusals[0].reason if refusals else ""
 
 
